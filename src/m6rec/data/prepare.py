@@ -1,0 +1,129 @@
+"""Parsed source frames -> the canonical schema (see m6rec.data.schema), one domain at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from m6rec.data import schema
+from m6rec.data.sources import DatasetSpec
+from m6rec.data.splits import choose_cold_items, fixed_split_with_valid, leakage_report, per_user_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_frac: float = 0.2
+    valid_frac: float = 0.1
+    min_user_interactions: int = 5
+    cold_item_frac: float = 0.05
+    max_users: int = 0  # 0 = every user; otherwise a seeded sample (small runs and tests)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class DomainTables:
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    meta: dict
+
+
+class PrepareError(ValueError):
+    """The parsed data cannot be turned into the canonical schema (names the dataset and the problem)."""
+
+
+def canonicalise(spec: DatasetSpec, inter: pd.DataFrame, items: pd.DataFrame, params: SplitParams) -> DomainTables:
+    """Map ids, de-duplicate, hold out cold items and split; returns canonical tables for one domain."""
+    name = spec.name
+    items = items.drop_duplicates("raw_item", keep="first").reset_index(drop=True)
+    unknown = ~inter["raw_item"].isin(items["raw_item"])
+    if unknown.any():
+        raise PrepareError(f"{name}: {int(unknown.sum())} interactions name items missing from the item file, "
+                           f"e.g. {inter.loc[unknown, 'raw_item'].head(3).tolist()}")
+    if inter[["raw_user", "raw_item", "value", "ts"]].isna().any().any():
+        raise PrepareError(f"{name}: interactions contain missing values")
+    if params.max_users:
+        users_all = np.sort(inter["raw_user"].unique())
+        if params.max_users < len(users_all):
+            keep = np.random.default_rng(params.seed).choice(users_all, params.max_users, replace=False)
+            inter = inter[inter["raw_user"].isin(set(keep))]
+    # Repeated (user, item) pairs: keep the latest one, so a re-rating replaces the old rating.
+    n_before = len(inter)
+    inter = inter.sort_values(["raw_user", "ts"], kind="stable")
+    inter = inter.drop_duplicates(["raw_user", "raw_item"], keep="last")
+    if len(inter) < n_before:
+        log.info("%s: dropped %d repeated (user, item) pairs", name, n_before - len(inter))
+
+    # Id maps: users in sorted source-id order; items in the catalogue's order (items without interactions kept).
+    raw_users = np.sort(inter["raw_user"].unique())
+    user_index = pd.Series(np.arange(len(raw_users), dtype=np.int64), index=raw_users)
+    item_index = pd.Series(np.arange(len(items), dtype=np.int64), index=items["raw_item"].to_numpy())
+    users_arr = user_index[inter["raw_user"].to_numpy()].to_numpy()
+    items_arr = item_index[inter["raw_item"].to_numpy()].to_numpy()
+    ts = inter["ts"].to_numpy(dtype=np.int64)
+
+    cold = np.empty(0, dtype=np.int64)
+    if spec.has_text and params.cold_item_frac > 0:
+        cold = choose_cold_items(items_arr, params.cold_item_frac, params.seed)
+    is_cold = np.isin(items_arr, cold)
+    split = np.full(len(inter), "cold", dtype=object)
+    warm = ~is_cold
+    if spec.split == "fixed":
+        if "fixed_split" not in inter:
+            raise PrepareError(f"{name}: split 'fixed' needs a parser that returns fixed_split")
+        split[warm] = fixed_split_with_valid(users_arr[warm], inter["fixed_split"].to_numpy()[warm],
+                                             params.valid_frac, params.seed)
+    else:
+        split[warm] = per_user_split(users_arr[warm], ts[warm], spec.split, params.test_frac, params.valid_frac,
+                                     params.min_user_interactions, params.seed)
+
+    interactions = pd.DataFrame({
+        "domain": name, "user": users_arr, "item": items_arr,
+        "value": inter["value"].to_numpy(dtype=np.float64), "ts": ts,
+        "ts_kind": inter["ts_kind"].to_numpy(), "feedback": spec.feedback, "split": split,
+    }).sort_values(["user", "ts", "item"], kind="stable").reset_index(drop=True)
+    item_frame = pd.DataFrame({
+        "domain": name, "item": np.arange(len(items), dtype=np.int64),
+        "raw_item": items["raw_item"].astype(str).to_numpy(),
+        "title": items["title"].fillna("").astype(str).to_numpy(),
+        "text": items["text"].fillna("").astype(str).to_numpy(),
+        "fields": [json.dumps(f, ensure_ascii=False, sort_keys=True) for f in items["fields"]],
+        "cold": np.isin(np.arange(len(items)), cold),
+    })
+    user_frame = pd.DataFrame({"domain": name, "user": np.arange(len(raw_users), dtype=np.int64),
+                               "raw_user": raw_users.astype(str)})
+
+    leaks = leakage_report(interactions)
+    if spec.split != "chronological":
+        leaks.pop("time_order_violations")
+    bad = {k: v for k, v in leaks.items() if v}
+    if bad:
+        raise PrepareError(f"{name}: the split leaks: {bad}")
+    counts = interactions["split"].value_counts().to_dict()
+    meta = {
+        "domain": name, "kind": spec.domain, "feedback": spec.feedback, "split_method": spec.split,
+        "has_text": spec.has_text, "n_users": int(len(raw_users)), "n_items": int(len(items)),
+        "n_interactions": int(len(interactions)), "n_cold_items": int(len(cold)),
+        "splits": {s: int(counts.get(s, 0)) for s in schema.SPLITS},
+        "value_min": float(interactions["value"].min()), "value_max": float(interactions["value"].max()),
+        "licence": spec.licence,
+    }
+    log.info("%s: %d users, %d items, splits %s, %d cold items", name, meta["n_users"], meta["n_items"],
+             meta["splits"], meta["n_cold_items"])
+    return DomainTables(interactions, item_frame, user_frame, meta)
+
+
+def combine(tables: list[DomainTables], params: SplitParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Stack per-domain tables; meta keeps the domain order that defines global id offsets."""
+    interactions = pd.concat([t.interactions for t in tables], ignore_index=True)
+    items = pd.concat([t.items for t in tables], ignore_index=True)
+    users = pd.concat([t.users for t in tables], ignore_index=True)
+    meta = {"domains": [t.meta["domain"] for t in tables], "per_domain": {t.meta["domain"]: t.meta for t in tables},
+            "split_params": params.__dict__}
+    return interactions, items, users, meta
