@@ -37,11 +37,25 @@ def _items_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def _check_not_wide_text(path: Path, encoding: str) -> None:
+    """Latin-1 decodes any byte, so a UTF-16 file would parse into garbage silently; its NUL bytes give it away."""
+    if not path.is_file() or path.suffix in (".gz", ".bz2", ".xz", ".zip", ".zst"):
+        return  # a missing file keeps pandas' own error; compressed files are decoded by pandas
+    with path.open("rb") as fh:
+        head = fh.read(1 << 16)
+    if b"\x00" in head:
+        raise ParseError(f"{path}: contains NUL bytes, so it is not {encoding} text (UTF-16/32 or binary?)")
+
+
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    _check_not_wide_text(path, kwargs.get("encoding", "utf-8"))
     try:
-        return pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(path, **kwargs)
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
         raise ParseError(f"{path}: cannot be parsed ({exc})") from exc
+    if frame.empty:
+        raise ParseError(f"{path}: has no data rows (empty file?)")
+    return frame
 
 
 def movielens_latest(folder: Path) -> Parsed:
@@ -91,17 +105,20 @@ def movielens_100k(folder: Path) -> Parsed:
     return inter, _items_frame(rows)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError(f"{path}: cannot be parsed as UTF-8 JSON ({exc})") from exc
+
+
 def amazon_lcrec_json(folder: Path) -> Parsed:
     """Amazon Office (LC-Rec JSON): ordered item sequences per user, item text fields."""
     inter_path = next(folder.glob("*.inter.json"), None)
     item_path = next(folder.glob("*.item.json"), None)
     if inter_path is None or item_path is None:
         raise ParseError(f"{folder}: expected *.inter.json and *.item.json")
-    try:
-        seqs = json.loads(inter_path.read_text(encoding="utf-8"))
-        meta = json.loads(item_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParseError(f"{folder}: bad JSON ({exc})") from exc
+    seqs, meta = _read_json(inter_path), _read_json(item_path)
     users, items, order = [], [], []
     for user, seq in seqs.items():
         users.extend([user] * len(seq))
@@ -186,6 +203,8 @@ def _read_adjacency(path: Path) -> tuple[list[str], list[str], list[int]]:
                 order.extend(range(len(parts) - 1))
     except (OSError, UnicodeDecodeError) as exc:
         raise ParseError(f"{path}: cannot be read ({exc})") from exc
+    if not users:
+        raise ParseError(f"{path}: has no `user item ...` lines (empty file?)")
     return users, items, order
 
 

@@ -1,0 +1,132 @@
+"""Matrix factorisation baselines.
+
+- PureSVD (Cremonesi et al. 2010): truncated SVD of the binary training matrix, R ≈ U Σ Vᵀ; closed form.
+- BPRMF (Rendle et al. 2009): dot-product MF trained with the BPR pairwise loss
+  L = -Σ log σ(x̂_ui - x̂_uj) + λ (|p_u|² + |q_i|² + |q_j|²) over sampled (u, i, j).
+- BiasedALS: explicit-rating MF r̂_ui = μ + b_u + b_i + p_uᵀ q_i fitted by alternating ridge regressions
+  (closed-form per user / per item; Zhou et al. 2008, Koren et al. 2009), reported with RMSE/MAE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.linalg import svds
+from torch import nn
+
+
+class PureSVD:
+    name = "puresvd"
+
+    def __init__(self, dim: int = 64, seed: int = 0) -> None:
+        self.dim, self.seed = dim, seed
+        self.user_vectors: torch.Tensor | None = None
+        self.item_vectors: torch.Tensor | None = None
+
+    def fit(self, train: sp.csr_matrix) -> "PureSVD":
+        k = max(1, min(self.dim, min(train.shape) - 1))
+        v0 = np.random.default_rng(self.seed).standard_normal(min(train.shape))
+        u, s, vt = svds(train.astype(np.float64), k=k, v0=v0)
+        self.user_vectors = torch.from_numpy((u * s).astype(np.float32))
+        self.item_vectors = torch.from_numpy(vt.T.astype(np.float32).copy())
+        return self
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        if self.user_vectors is None:
+            raise RuntimeError("PureSVD.score called before fit")
+        return self.user_vectors[torch.as_tensor(users)] @ self.item_vectors.T
+
+
+class BPRMF(nn.Module):
+    name = "bprmf"
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, reg: float = 1e-4, init_std: float = 0.1) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.reg = n_users, n_items, dim, reg
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.user.weight, std=init_std)
+        nn.init.normal_(self.item.weight, std=init_std)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.user(users) * self.item(items)).sum(-1)
+
+    def calculate_loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        users, pos, neg = batch
+        u, p, n = self.user(users), self.item(pos), self.item(neg)
+        x = (u * (p - n)).sum(-1)
+        l2 = (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / len(users)
+        return -nn.functional.logsigmoid(x).mean() + self.reg * l2
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        """Full-catalogue scores for `users` ([len(users), n_items])."""
+        return self.user.weight[torch.as_tensor(users)] @ self.item.weight.T
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user.weight.detach().clone(), self.item.weight.detach().clone()
+
+
+class BiasedALS:
+    """Explicit ratings: μ + b_u + b_i + p_uᵀ q_i by alternating closed-form ridge solves."""
+
+    name = "als"
+
+    def __init__(self, dim: int = 32, reg: float = 5.0, iterations: int = 10, seed: int = 0) -> None:
+        self.dim, self.reg, self.iterations, self.seed = dim, reg, iterations, seed
+        self.mu = 0.0
+        self.P: torch.Tensor | None = None  # [n_users, dim + 2]: factors, bias, 1
+        self.Q: torch.Tensor | None = None  # [n_items, dim + 2]: factors, 1, bias
+
+    @staticmethod
+    def _solve(rows: torch.Tensor, cols: torch.Tensor, r: torch.Tensor, fixed: torch.Tensor, n_rows: int,
+               reg: float, free_bias_col: int, fixed_bias_col: int) -> torch.Tensor:
+        """Ridge solve for every row's vector given the fixed side's vectors (biases stay unpenalised-ish)."""
+        d = fixed.shape[1]
+        # The fixed side's own bias column is a constant offset for this solve: subtract it from the target.
+        target = r - fixed[cols, fixed_bias_col]
+        x = fixed[cols].clone()
+        x[:, fixed_bias_col] = 0.0
+        x[:, free_bias_col] = 1.0
+        gram = torch.zeros(n_rows, d, d, dtype=torch.float64)
+        gram.index_add_(0, rows, x.unsqueeze(2) * x.unsqueeze(1))
+        rhs = torch.zeros(n_rows, d, dtype=torch.float64)
+        rhs.index_add_(0, rows, x * target.unsqueeze(1))
+        eye = torch.eye(d, dtype=torch.float64) * reg
+        eye[fixed_bias_col, fixed_bias_col] = 1.0  # keeps the system non-singular; that coordinate is pinned below
+        sol = torch.linalg.solve(gram + eye, rhs)
+        sol[:, fixed_bias_col] = 1.0
+        return sol
+
+    def fit(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int
+            ) -> "BiasedALS":
+        if len(ratings) == 0:
+            raise ValueError("BiasedALS.fit needs at least one rating")
+        gen = torch.Generator().manual_seed(self.seed)
+        u = torch.tensor(np.asarray(users), dtype=torch.long)
+        i = torch.tensor(np.asarray(items), dtype=torch.long)
+        self.mu = float(np.mean(ratings))
+        r = torch.as_tensor(ratings, dtype=torch.float64) - self.mu
+        d = self.dim
+        # Layout: columns 0..d-1 factors; column d = user bias (P) / 1 (Q); column d+1 = 1 (P) / item bias (Q).
+        P = torch.zeros(n_users, d + 2, dtype=torch.float64)
+        Q = torch.zeros(n_items, d + 2, dtype=torch.float64)
+        Q[:, :d] = torch.randn(n_items, d, generator=gen, dtype=torch.float64) * 0.1
+        Q[:, d] = 1.0
+        for _ in range(self.iterations):
+            P = self._solve(u, i, r, Q, n_users, self.reg, free_bias_col=d, fixed_bias_col=d + 1)
+            Q = self._solve(i, u, r, P, n_items, self.reg, free_bias_col=d + 1, fixed_bias_col=d)
+        self.P, self.Q = P, Q
+        return self
+
+    def predict(self, users: np.ndarray, items: np.ndarray, low: float | None = None, high: float | None = None
+                ) -> np.ndarray:
+        if self.P is None:
+            raise RuntimeError("BiasedALS.predict called before fit")
+        u = torch.tensor(np.asarray(users), dtype=torch.long)
+        i = torch.tensor(np.asarray(items), dtype=torch.long)
+        pred = (self.P[u] * self.Q[i]).sum(-1).numpy() + self.mu
+        if low is not None or high is not None:
+            pred = np.clip(pred, low, high)
+        return pred

@@ -1,0 +1,59 @@
+"""Vectorised BPR triple sampling: (user, positive item, negative item) without a Python loop per edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+class BPRSampler:
+    """Samples one uniform negative per training edge each epoch, rejecting (once, vectorised) known positives.
+
+    Negatives are drawn from `item_low..item_high` of each edge's own block when `item_ranges` is given
+    (multi-domain graphs: a user's negatives come from the same domain as the positive).
+    """
+
+    def __init__(self, train: sp.csr_matrix, seed: int = 0, item_ranges: np.ndarray | None = None) -> None:
+        coo = train.tocoo()
+        self.users = coo.row.astype(np.int64)
+        self.items = coo.col.astype(np.int64)
+        self.n_items = train.shape[1]
+        # Sorted keys of positive pairs for vectorised membership tests.
+        self._keys = np.sort(self.users * self.n_items + self.items)
+        self.rng = np.random.default_rng(seed)
+        if item_ranges is not None:
+            item_ranges = np.asarray(item_ranges, dtype=np.int64)
+            if item_ranges.shape != (len(self.items), 2):
+                raise ValueError(f"item_ranges must have shape ({len(self.items)}, 2), got {item_ranges.shape}")
+        self.item_ranges = item_ranges
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def _draw(self, idx: np.ndarray) -> np.ndarray:
+        if self.item_ranges is None:
+            return self.rng.integers(0, self.n_items, size=len(idx))
+        low, high = self.item_ranges[idx, 0], self.item_ranges[idx, 1]
+        return low + (self.rng.random(len(idx)) * (high - low)).astype(np.int64)
+
+    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.n_items + items
+        pos = np.searchsorted(self._keys, keys)
+        pos = np.minimum(pos, len(self._keys) - 1)
+        return self._keys[pos] == keys
+
+    def epoch(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """All training edges in random order with fresh negatives, as batches of int64 tensors."""
+        order = self.rng.permutation(len(self.users))
+        neg = self._draw(order)
+        for _ in range(3):  # a few vectorised rejection rounds; leftovers are rare and harmless
+            clash = self._is_positive(self.users[order], neg)
+            if not clash.any():
+                break
+            neg[clash] = self._draw(order[clash])
+        users = torch.from_numpy(self.users[order])
+        pos = torch.from_numpy(self.items[order])
+        neg_t = torch.from_numpy(neg)
+        return [(users[i:i + batch_size], pos[i:i + batch_size], neg_t[i:i + batch_size])
+                for i in range(0, len(order), batch_size)]
