@@ -47,7 +47,7 @@ class BPRSampler:
         """All training edges in random order with fresh negatives, as batches of int64 tensors."""
         order = self.rng.permutation(len(self.users))
         neg = self._draw(order)
-        for _ in range(3):  # a few vectorised rejection rounds; leftovers are rare and harmless
+        for _ in range(10):  # vectorised rejection rounds; leftovers (dense users only) are rare and harmless
             clash = self._is_positive(self.users[order], neg)
             if not clash.any():
                 break

@@ -1,0 +1,52 @@
+"""The baselines stage on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from m6rec.evaluation.metrics import rating_metrics
+from m6rec.stages import baselines
+from m6rec.stages.baselines import BaselinesParams, EvaluateParams, run_domain
+from tests.data_fixtures import REPO
+
+
+def test_models_beat_popularity_on_ml100k(ml100k_full, tmp_path: Path):
+    cfg = BaselinesParams(mf_epochs=25, mf_eval_every=5, mf_patience=2)
+    res = run_domain(ml100k_full, cfg, EvaluateParams(), out_dir=tmp_path)
+    pop = res["mostpop"]["test"]["ndcg@10"]
+    assert 0 < pop < 1
+    for model in ("itemknn", "puresvd", "bprmf"):
+        assert res[model]["test"]["ndcg@10"] > pop, model
+    # BPR-MF training improved validation over its random start, and early stopping kept the best epoch.
+    assert res["bprmf"]["best_valid"] > 5 * res["bprmf"]["initial_valid"]
+    # Rating model: better than predicting the training mean for everyone.
+    test = ml100k_full.frames["test"]
+    mean_rmse = rating_metrics(np.full(len(test), ml100k_full.frames["train"]["value"].mean()),
+                               test["value"].to_numpy())["rmse"]
+    assert res["als"]["test"]["rmse"] < 0.9 * mean_rmse
+    assert (tmp_path / "bprmf.pt").is_file() and (tmp_path / "puresvd.npz").is_file()
+
+
+def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, tmp_path: Path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["baselines"].update(in_dir=str(tiny_prepared_dir), out_dir=str(tmp_path / "models"),
+                               metrics=str(tmp_path / "m.json"), plot=str(tmp_path / "p.json"),
+                               domains=["ml-latest-small", "lastfm-hetrec2011"], mf_epochs=2, mf_eval_every=1)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert baselines.main(["--params", str(path)]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"ml-latest-small", "lastfm-hetrec2011"}
+    assert set(metrics["ml-latest-small"]) == {"mostpop", "itemknn", "puresvd", "bprmf", "als"}
+    assert "als" not in metrics["lastfm-hetrec2011"]  # implicit feedback has no ratings to predict
+    for split in ("valid", "test"):
+        m = metrics["lastfm-hetrec2011"]["bprmf"][split]
+        assert {"recall@10", "ndcg@20", "hit@20", "mrr", "coverage@10"} <= set(m)
+        assert 0 <= m["ndcg@20"] <= 1
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert {r["model"] for r in rows} >= {"ml-latest-small/bprmf", "lastfm-hetrec2011/mostpop"}
+    assert (tmp_path / "models" / "ml-latest-small" / "bprmf.pt").is_file()
