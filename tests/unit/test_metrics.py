@@ -163,6 +163,19 @@ def test_fewer_rankable_items_than_k() -> None:
     assert out["recall@10"] == 1.0 and out["hit@10"] == 1.0 and out["ndcg@10"] == pytest.approx(1.0)
     assert out["precision@10"] == pytest.approx(1 / 10)
     assert out["coverage@10"] == pytest.approx(1 / 4)
+    # A relevant item the model itself scores -inf is not a hit, although k = n_items puts it in the top-k.
+    scores = np.array([[0.5, 0.4, -np.inf]], dtype=np.float32)
+    out = ranking_metrics(_table_scorer(scores), _csr({0: [0]}, 1, 3), _csr({0: [2]}, 1, 3), ks=(3,))
+    assert out["n_users"] == 1.0 and out["hit@3"] == 0.0 and out["coverage@3"] == pytest.approx(1 / 3)
+
+
+def test_mrr_counts_only_strictly_higher_items() -> None:
+    # Ties go to the relevant item: rank = 1 + #items strictly above it, whether or not it lies in the top-k.
+    train, test = _csr({}, 2, 4), _csr({0: [2], 1: [3]}, 2, 4)
+    scores = np.array([[0.5, 0.5, 0.5, 0.1], [0.9, 0.5, 0.5, 0.5]], dtype=np.float32)
+    for ks in ((1,), (2,), (4,)):
+        out = ranking_metrics(_table_scorer(scores), train, test, ks=ks)
+        assert out["mrr"] == pytest.approx((1 / 1 + 1 / 2) / 2), ks  # u0 rank 1, u1 rank 2
 
 
 def test_users_subset_and_empty_result(caplog: pytest.LogCaptureFixture) -> None:
@@ -180,7 +193,8 @@ def _random_problem(n_users: int = 200, n_items: int = 300, seed: int = 0):
     rng = np.random.default_rng(seed)
     train = sp.random(n_users, n_items, density=0.05, format="csr", random_state=rng)
     test = sp.random(n_users, n_items, density=0.03, format="csr", random_state=rng)
-    test[:20] = 0  # some users without test items
+    keep = np.arange(n_users) >= 20  # the first 20 users get no test items
+    test = (sp.diags(keep.astype(np.float64)) @ test).tocsr()
     test.eliminate_zeros()
     scores = rng.standard_normal((n_users, n_items))  # float64: no ties
     return scores, train, test

@@ -162,7 +162,9 @@ def _select_users(users: np.ndarray | None, n_users: int) -> np.ndarray:
             raise ValueError(f"users as a bool mask must have shape ({n_users},), got {users.shape}")
         return np.flatnonzero(users).astype(np.int64)
     if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
-        raise ValueError(f"users must be a 1-D integer array (or bool mask), got dtype {users.dtype} shape {users.shape}")
+        raise ValueError(
+            f"users must be a 1-D integer array (or bool mask), got dtype {users.dtype} shape {users.shape}"
+        )
     if users.size and (users.min() < 0 or users.max() >= n_users):
         raise ValueError(f"users out of range [0, {n_users}): min {users.min()}, max {users.max()}")
     return np.unique(users.astype(np.int64))
@@ -185,9 +187,22 @@ def _call_score_fn(score_fn: ScoreFn, batch: np.ndarray, n_items: int) -> torch.
         )
     if not scores.is_floating_point():
         scores = scores.float()
-    if torch.isnan(scores).any():
-        raise ValueError(f"score_fn returned NaN scores for users {batch[:5].tolist()}... (batch of {len(batch)})")
     return scores
+
+
+def _count_above(
+    scores: torch.Tensor, threshold: torch.Tensor, need: torch.Tensor, chunk_rows: int = 128
+) -> torch.Tensor:
+    """Per row, the number of scores strictly greater than ``threshold[row]`` (int64); 0 where ``need`` is False.
+
+    Works on row slices (no copies, a small boolean temporary) and skips slices where no row is needed.
+    """
+    out = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
+    for start in range(0, scores.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        if bool(need[rows].any()):
+            out[rows] = (scores[rows] > threshold[rows].unsqueeze(1)).sum(dim=1, dtype=torch.int32)
+    return out
 
 
 def ranking_metrics(
@@ -223,6 +238,10 @@ def ranking_metrics(
         (float). Users with no relevant item (after the candidate restriction, ignoring masked test items) are
         skipped; means are over the rest. If no user is left every metric is 0.0 (as in PyG) and a warning is
         logged.
+
+    Raises:
+        ValueError: on mismatched shapes (train/test/exclude, candidates, score_fn output), a k <= 0, users out of
+            range, or NaN scores among the unmasked candidates.
     """
     if not sp.issparse(train) or train.ndim != 2:
         raise ValueError(f"train must be a 2-D scipy.sparse matrix, got {type(train).__name__}")
@@ -296,14 +315,23 @@ def ranking_metrics(
         r_cols_t = torch.from_numpy(r_cols).to(device)
         n_rel = torch.from_numpy(n_rel_all[batch]).to(device=device, dtype=torch.float64)
 
-        # MRR over the full ranking: rank = 1 + #items scoring strictly above the best relevant item.
+        values, top = torch.topk(scores, k_max, dim=1)
+        # topk ranks NaN above everything, so this sees any NaN among the unmasked candidates.
+        if torch.isnan(values[:, 0]).any():
+            raise ValueError(f"score_fn returned NaN scores for users {batch[:5].tolist()}... (batch of {b})")
+        valid = values > _NEG_INF  # masked fill-ins when a user has fewer than k rankable items
+
+        # MRR over the full ranking: rank = 1 + #items scoring strictly above the best relevant item. If that
+        # item scores at least the k-th value, every item above it is in the top-k: count there; else count
+        # over the whole row.
         best = torch.full((b,), _NEG_INF, dtype=scores.dtype, device=device)
         best.scatter_reduce_(0, r_rows_t, scores[r_rows_t, r_cols_t], reduce="amax")
-        rank = (scores > best.unsqueeze(1)).sum(dim=1, dtype=torch.float64) + 1.0
-        mrr_sum += float((1.0 / rank).sum())
+        above = (values > best.unsqueeze(1)).sum(dim=1)
+        deep = best < values[:, -1]
+        if bool(deep.any()):
+            above = torch.where(deep, _count_above(scores, best, deep), above)
+        mrr_sum += float((1.0 / (above.to(torch.float64) + 1.0)).sum())
 
-        values, top = torch.topk(scores, k_max, dim=1)
-        valid = values > _NEG_INF  # masked fill-ins when a user has fewer than k rankable items
         # Hit lookup: CSR order makes the (row * n_cand + col) keys of relevant items sorted.
         rel_keys = r_rows_t * n_cand + r_cols_t
         top_keys = torch.arange(b, device=device).unsqueeze(1) * n_cand + top
