@@ -19,7 +19,7 @@ def test_models_beat_popularity_on_ml100k(ml100k_full, tmp_path: Path):
     res = run_domain(ml100k_full, cfg, EvaluateParams(), out_dir=tmp_path)
     pop = res["mostpop"]["test"]["ndcg@10"]
     assert 0 < pop < 1
-    for model in ("itemknn", "puresvd", "bprmf"):
+    for model in ("itemknn", "puresvd", "gfcf", "bprmf"):
         assert res[model]["test"]["ndcg@10"] > pop, model
     # BPR-MF training improved validation over its random start, and early stopping kept the best epoch.
     assert res["bprmf"]["best_valid"] > 5 * res["bprmf"]["initial_valid"]
@@ -41,7 +41,7 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     assert baselines.main(["--params", str(path)]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"ml-latest-small", "lastfm-hetrec2011"}
-    assert set(metrics["ml-latest-small"]) == {"mostpop", "itemknn", "puresvd", "bprmf", "als"}
+    assert set(metrics["ml-latest-small"]) == {"mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als"}
     assert "als" not in metrics["lastfm-hetrec2011"]  # implicit feedback has no ratings to predict
     for split in ("valid", "test"):
         m = metrics["lastfm-hetrec2011"]["bprmf"][split]

@@ -1,4 +1,4 @@
-"""Stage `baselines`: MostPopular, ItemKNN, PureSVD and BPR-MF per domain (ranking), BiasedALS (ratings).
+"""Stage `baselines`: MostPopular, ItemKNN, PureSVD, GF-CF and BPR-MF per domain (ranking), BiasedALS (ratings).
 
 Writes per-domain model files under `out_dir`, `metrics/baselines.json` ({domain: {model: {valid, test}}}) and a
 plot table of test NDCG@10 by model per domain. These are the floor every later model must beat.
@@ -20,6 +20,7 @@ from m6rec.config import load_params, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate_domain, evaluate_ratings, evaluate_split
 from m6rec.log import setup_logging
+from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
 from m6rec.models.mf import BPRMF, BiasedALS, PureSVD
 from m6rec.models.popularity import MostPopular
@@ -30,7 +31,7 @@ from m6rec.training.sampling import BPRSampler
 
 log = logging.getLogger(__name__)
 
-MODELS = ("mostpop", "itemknn", "puresvd", "bprmf", "als")
+MODELS = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class BaselinesParams:
     itemknn_neighbours: int = 100  # neighbours kept per item
     itemknn_shrink: float = 10.0  # similarity shrinkage
     svd_dim: int = 64  # PureSVD rank
+    gfcf_k: int = 64  # GF-CF ideal low-pass rank
+    gfcf_alpha: float = 0.3  # GF-CF weight of the ideal low-pass term
     mf_dim: int = 64  # BPR-MF embedding size
     mf_epochs: int = 40  # BPR-MF max epochs
     mf_batch: int = 4096  # BPR-MF batch size (edges)
@@ -106,6 +109,9 @@ def run_domain(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, out_d
             res = evaluate_domain(model.score, data, ev.ks, batch_users=ev.batch_users)
             if out_dir is not None:
                 np.savez(out_dir / "puresvd.npz", user=model.user_vectors.numpy(), item=model.item_vectors.numpy())
+        elif name == "gfcf":
+            model = GFCF(cfg.gfcf_k, cfg.gfcf_alpha, seed=cfg.seed).fit(data.train)
+            res = evaluate_domain(model.score, data, ev.ks, batch_users=min(ev.batch_users, 1024))
         elif name == "bprmf":
             model, info = train_bprmf(data, cfg, ev, progress)
             res = evaluate_domain(model.score, data, ev.ks, batch_users=ev.batch_users)
