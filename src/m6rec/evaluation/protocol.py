@@ -9,6 +9,7 @@ All full ranking over the domain's catalogue (or the cold candidates), no sample
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +18,21 @@ from m6rec.data.dataset import DomainData
 from m6rec.evaluation.metrics import ranking_metrics, rating_metrics
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """params.yaml `evaluate`: metric settings shared by every stage, and the `evaluate` stage's own files."""
+
+    ks: tuple[int, ...] = (10, 20)  # cut-offs for Recall/NDCG/Hit/Precision/Coverage
+    batch_users: int = 2048  # users scored per batch in full-ranking evaluation
+    select_metric: str = "ndcg@20"  # validation metric for early stopping and model selection
+    inputs: tuple[str, ...] = ("metrics/baselines.json",)  # metrics files the evaluate stage compares
+    summary: str = "metrics/summary.json"  # per-domain comparison (evaluate stage)
+    plot: str = "plots/summary.json"  # rows (domain, model, metric) for dvc plots
+    report: str = "reports/summary.md"  # human-readable comparison table
+    metric: str = "ndcg@20"  # the test metric models are compared on
+    reference: str = "mostpop"  # the floor every model is compared with
 
 
 def evaluate_split(score_fn: ScoreFn, data: DomainData, split: str, ks: Sequence[int] = (10, 20),

@@ -18,7 +18,7 @@ import torch
 
 from m6rec.config import load_params, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
-from m6rec.evaluation.protocol import evaluate_domain, evaluate_ratings, evaluate_split
+from m6rec.evaluation.protocol import EvaluateParams, evaluate_domain, evaluate_ratings, evaluate_split
 from m6rec.log import setup_logging
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
@@ -32,13 +32,6 @@ from m6rec.training.sampling import BPRSampler
 log = logging.getLogger(__name__)
 
 MODELS = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als")
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    ks: tuple[int, ...] = (10, 20)  # cut-offs for Recall/NDCG/Hit/Precision/Coverage
-    batch_users: int = 2048  # users scored per batch in full-ranking evaluation
-    select_metric: str = "ndcg@20"  # validation metric for early stopping and model selection
 
 
 @dataclass(frozen=True)
