@@ -67,3 +67,15 @@ def ml100k_full(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("ml100k") / "prepared"
     run(raw_dir, out, REPO / "config" / "datasets.yaml", PrepareParams(domains=("ml-100k",)))
     return domain_data(load_prepared(out), "ml-100k")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
+    """Stages log to MLflow: keep test runs out of the project's own store (a real sqlite store in tmp)."""
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        yield
+        return
+    store = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

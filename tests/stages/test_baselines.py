@@ -35,6 +35,7 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["baselines"].update(in_dir=str(tiny_prepared_dir), out_dir=str(tmp_path / "models"),
                                metrics=str(tmp_path / "m.json"), plot=str(tmp_path / "p.json"),
+                               bundle=str(tmp_path / "bundle"),
                                domains=["ml-latest-small", "lastfm-hetrec2011"], mf_epochs=2, mf_eval_every=1)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -50,3 +51,16 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     rows = json.loads((tmp_path / "p.json").read_text())
     assert {r["model"] for r in rows} >= {"ml-latest-small/bprmf", "lastfm-hetrec2011/mostpop"}
     assert (tmp_path / "models" / "ml-latest-small" / "bprmf.pt").is_file()
+    # The BPR-MF serving bundle scores exactly like the trained model's metrics say.
+    from m6rec.serving.bundle import load_bundle
+
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.meta["model"] == "bprmf"
+    assert set(bundle.domains) == {"ml-latest-small", "lastfm-hetrec2011"}
+    assert bundle.meta["metrics"]["lastfm-hetrec2011"]["test"] == metrics["lastfm-hetrec2011"]["bprmf"]["test"]
+    # And the run is in MLflow with its metrics.
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["m6rec"], filter_string="tags.stage = 'baselines'")
+    assert len(runs) >= 1
+    assert "metrics.lastfm-hetrec2011.bprmf.test.ndcg_at_20" in runs.columns

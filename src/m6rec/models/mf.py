@@ -107,7 +107,7 @@ class BiasedALS:
         u = torch.tensor(np.asarray(users), dtype=torch.long)
         i = torch.tensor(np.asarray(items), dtype=torch.long)
         self.mu = float(np.mean(ratings))
-        r = torch.as_tensor(ratings, dtype=torch.float64) - self.mu
+        r = torch.tensor(np.asarray(ratings), dtype=torch.float64) - self.mu
         d = self.dim
         # Layout: columns 0..d-1 factors; column d = user bias (P) / 1 (Q); column d+1 = 1 (P) / item bias (Q).
         P = torch.zeros(n_users, d + 2, dtype=torch.float64)

@@ -40,6 +40,7 @@ class BaselinesParams:
     out_dir: str = "models/baselines"  # per-domain model files
     metrics: str = "metrics/baselines.json"  # {domain: {model: {valid, test}}}
     plot: str = "plots/baselines.json"  # test NDCG@10 by domain/model (dvc plots)
+    bundle: str = "models/baselines/bundle"  # BPR-MF serving bundle (a promotion candidate)
     domains: tuple[str, ...] = ()  # () = every prepared domain
     models: tuple[str, ...] = MODELS  # which baselines to run
     itemknn_neighbours: int = 100  # neighbours kept per item
@@ -60,8 +61,8 @@ class BaselinesParams:
     seed: int = 42
 
 
-def train_bprmf(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, progress: bool = True
-                ) -> tuple[BPRMF, dict]:
+def train_bprmf(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, progress: bool = True,
+                on_epoch=None) -> tuple[BPRMF, dict]:
     """BPR-MF with early stopping on the validation metric; returns the model (best weights) and fit info."""
     torch.manual_seed(cfg.seed)
     model = BPRMF(data.n_users, data.n_items, dim=cfg.mf_dim, reg=cfg.mf_reg)
@@ -74,15 +75,18 @@ def train_bprmf(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, prog
 
     hist = fit(model, lambda epoch: sampler.epoch(cfg.mf_batch), opt, cfg.mf_epochs, validate=validate,
                eval_every=cfg.mf_eval_every, patience=cfg.mf_patience, progress=progress,
-               name=f"bprmf[{data.name}]")
+               name=f"bprmf[{data.name}]", on_epoch=on_epoch)
     model.eval()
     return model, {"epochs": hist.epochs, "best_epoch": hist.best_epoch, "fit_s": hist.seconds,
                    "initial_valid": hist.initial_metric, "best_valid": hist.best_metric}
 
 
 def run_domain(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, out_dir: Path | None = None,
-               progress: bool = True) -> dict[str, dict]:
-    """Fit and evaluate every configured baseline on one domain; returns {model: {valid, test, fit_s, ...}}."""
+               progress: bool = True, on_epoch=None, factors: dict | None = None) -> dict[str, dict]:
+    """Fit and evaluate every configured baseline on one domain; returns {model: {valid, test, fit_s, ...}}.
+
+    `factors`, if given, receives BPR-MF's (user_vectors, item_vectors) for the serving bundle.
+    """
     results: dict[str, dict] = {}
     unknown = sorted(set(cfg.models) - set(MODELS))
     if unknown:
@@ -106,9 +110,11 @@ def run_domain(data: DomainData, cfg: BaselinesParams, ev: EvaluateParams, out_d
             model = GFCF(cfg.gfcf_k, cfg.gfcf_alpha, seed=cfg.seed).fit(data.train)
             res = evaluate_domain(model.score, data, ev.ks, batch_users=min(ev.batch_users, 1024))
         elif name == "bprmf":
-            model, info = train_bprmf(data, cfg, ev, progress)
+            model, info = train_bprmf(data, cfg, ev, progress, on_epoch=on_epoch)
             res = evaluate_domain(model.score, data, ev.ks, batch_users=ev.batch_users)
             res.update(info)
+            if factors is not None:
+                factors["bprmf"] = tuple(t.numpy() for t in model.factors())
             if out_dir is not None:
                 save_checkpoint(out_dir / "bprmf.pt", model,
                                 args={"n_users": data.n_users, "n_items": data.n_items, "dim": cfg.mf_dim,
@@ -138,11 +144,26 @@ def plot_rows(metrics: dict[str, dict[str, dict]], metric: str = "ndcg@10") -> l
             for domain, models in metrics.items() for model, res in models.items() if metric in res["test"]]
 
 
+def export_mf_bundle(path: Path, prepared, datas: dict[str, DomainData], factors: dict[str, dict],
+                     metrics: dict[str, dict], data_version: str) -> Path:
+    """The BPR-MF factors of every domain as one serving bundle (a candidate for the champion gate)."""
+    from m6rec.serving.bundle import export_bundle, make_domain_bundle, raw_user_ids
+
+    domains = {d: make_domain_bundle(datas[d], raw_user_ids(prepared, d), item_vectors=f["bprmf"][1],
+                                     user_vectors=f["bprmf"][0])
+               for d, f in factors.items() if "bprmf" in f}
+    model_metrics = {d: {k: v for k, v in metrics[d]["bprmf"].items() if k in ("valid", "test")} for d in domains}
+    return export_bundle(path, domains, {"model": "bprmf", "stage": "baselines", "metrics": model_metrics,
+                                         "data_version": data_version})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     setup_logging()
+    from m6rec import tracking
+
     params = load_params(args.params)
     cfg = section(params, "baselines", BaselinesParams)
     ev = section(params, "evaluate", EvaluateParams)
@@ -151,13 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     domains = list(cfg.domains) or prepared.domains
     out_dir = Path(cfg.out_dir)
     metrics: dict[str, dict] = {}
-    for domain in domains:
-        data = domain_data(prepared, domain)
-        (out_dir / domain).mkdir(parents=True, exist_ok=True)
-        metrics[domain] = run_domain(data, cfg, ev, out_dir / domain)
-    for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    datas: dict[str, DomainData] = {}
+    factors: dict[str, dict] = {}
+    data_version = tracking.data_version(paths=[cfg.in_dir])
+    with tracking.start_run("baselines", {"baselines": asdict(cfg), "evaluate": asdict(ev)},
+                            data_paths=[cfg.in_dir]):
+        for domain in domains:
+            datas[domain] = data = domain_data(prepared, domain)
+            (out_dir / domain).mkdir(parents=True, exist_ok=True)
+            factors[domain] = {}
+
+            def on_epoch(epoch: int, record: dict, domain: str = domain) -> None:
+                tracking.log_epoch({f"{domain}.bprmf.{k}": v for k, v in record.items()}, step=epoch)
+
+            metrics[domain] = run_domain(data, cfg, ev, out_dir / domain, on_epoch=on_epoch,
+                                         factors=factors[domain])
+        for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics))):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        tracking.log_metrics(metrics)
+        tracking.log_artifact(cfg.metrics)
+        if any("bprmf" in f for f in factors.values()):
+            export_mf_bundle(Path(cfg.bundle), prepared, datas, factors, metrics, data_version)
+            tracking.log_artifact(Path(cfg.bundle) / "bundle.json")
     log.info("baselines done: %s", cfg.metrics)
     return 0
 
