@@ -1,0 +1,442 @@
+"""Great Expectations (1.x) suites for the canonical tables, built in code from `schema` and meta.json.
+
+What is checked (every check is a GX expectation, so every failure shows in the results and the Data Docs):
+
+* ``interactions`` / ``items`` / ``users`` (whole tables): the columns and their types, no nulls, the allowed sets
+  (domain, split, ts_kind, feedback), unique keys, non-empty; items' text is a string and ``fields`` is JSON.
+* ``<table>.<domain>`` (one batch per domain: that domain's rows): ids inside the domain's id maps
+  (``0 <= user < n_users``, ``0 <= item < n_items``), the feedback kind of meta.json and the value range of that
+  kind (explicit: the rating scale from params; implicit_count: >= 1; implied: == 1).
+* ``relations`` (derived, one row per interaction): ``(domain, user)`` exists in users, ``(domain, item)`` exists in
+  items, a ``(domain, user, item)`` pair sits in one split only, and split "cold" exactly for cold items.
+* ``sizes`` (derived, one row per domain of meta.json): minimum users, items and training interactions, and the
+  table counts agree with meta.json.
+
+The GX objects live in an ephemeral context made for one run (making it costs milliseconds; importing GX is the
+slow part). One Checkpoint per batch runs its suite and updates a Data Docs site in a folder of the caller's.
+Per-domain batches are slices made once in pandas: a GX row condition would re-filter the whole table for every
+metric, which costs more than the checks themselves on the full data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from m6rec.config import ConfigError
+from m6rec.data import schema
+
+log = logging.getLogger(__name__)
+
+TABLES = ("interactions", "items", "users")
+TABLE_COLUMNS = {"interactions": schema.INTERACTION_COLUMNS, "items": schema.ITEM_COLUMNS,
+                 "users": schema.USER_COLUMNS}
+TABLE_KEYS = {"interactions": ["domain", "user", "item"], "items": ["domain", "item"], "users": ["domain", "user"]}
+# Columns GX reports beside each unexpected value, so a failure points at the row (and its domain).
+INDEX_COLUMNS = {**TABLE_KEYS, "relations": ["domain", "user", "item", "split"], "sizes": ["domain"]}
+DOCS_SITE = "m6rec"
+
+
+class ValidationInputError(ValueError):
+    """The prepared folder cannot be validated at all (missing file, unreadable meta.json)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The data-dependent limits of the suites (from params.yaml `validate`)."""
+
+    rating_scales: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # domain -> (min, max[, step])
+    min_users: int = 1
+    min_items: int = 1
+    min_train_interactions: int = 1
+
+    def __post_init__(self) -> None:
+        for domain, scale in self.rating_scales.items():
+            ok = isinstance(scale, (list, tuple)) and len(scale) in (2, 3) and all(
+                isinstance(v, (int, float)) for v in scale)
+            if not ok or scale[0] >= scale[1] or (len(scale) == 3 and scale[2] <= 0):
+                raise ConfigError(f"validate.rating_scales['{domain}'] must be [min, max] or [min, max, step] "
+                                  f"with min < max and step > 0, got {scale!r}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of one validation run: overall success, the JSON-ready summary and the Data Docs index."""
+
+    success: bool
+    summary: dict
+    docs_index: Path
+
+
+# ---------------------------------------------------------------------------------------------- batches (pandas)
+
+def check_meta(meta: dict, source: str = schema.META) -> None:
+    """Raise ValidationInputError unless meta has what the suites are built from (domains and their counts)."""
+    domains = meta.get("domains") if isinstance(meta, dict) else None
+    per_domain = meta.get("per_domain") if isinstance(meta, dict) else None
+    if not isinstance(domains, list) or not domains or not isinstance(per_domain, dict):
+        raise ValidationInputError(f"{source}: needs a non-empty 'domains' list and a 'per_domain' mapping")
+    for d in domains:
+        entry = per_domain.get(d)
+        missing = [k for k in ("n_users", "n_items", "n_interactions", "feedback") if not isinstance(entry, dict)
+                   or k not in entry]
+        if missing:
+            raise ValidationInputError(f"{source}: per_domain['{d}'] lacks {missing}")
+
+
+def derive_relations(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """One row per interaction with the facts its cross-table checks need.
+
+    Columns: domain, user, item, split, user_known ((domain, user) is in users), item_known ((domain, item) is in
+    items), item_cold (that item is marked cold), in_cold_split (split == "cold"), n_splits (how many splits hold
+    this (domain, user, item)).
+    """
+    rel = interactions[["domain", "user", "item", "split"]].reset_index(drop=True)
+    user_keys = users[["domain", "user"]].drop_duplicates()
+    rel = rel.merge(user_keys, on=["domain", "user"], how="left", indicator="_user")
+    item_keys = items[["domain", "item", "cold"]].drop_duplicates(["domain", "item"])
+    rel = rel.merge(item_keys, on=["domain", "item"], how="left", indicator="_item")
+    rel["user_known"] = rel["_user"].eq("both")
+    rel["item_known"] = rel["_item"].eq("both")
+    rel["item_cold"] = rel["cold"].eq(True)  # unknown items count as warm; item_known reports them
+    rel["in_cold_split"] = rel["split"].eq("cold")
+    rel["n_splits"] = rel.groupby(["domain", "user", "item"], dropna=False)["split"].transform("nunique")
+    return rel[["domain", "user", "item", "split", "user_known", "item_known", "item_cold", "in_cold_split",
+                "n_splits"]]
+
+
+def derive_sizes(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """One row per domain of meta.json: the row counts of each table beside the counts meta.json claims."""
+    domains = list(meta["domains"])
+
+    def count(frame: pd.DataFrame) -> np.ndarray:
+        return frame["domain"].value_counts().reindex(domains, fill_value=0).to_numpy(dtype=np.int64)
+
+    per = meta["per_domain"]
+    return pd.DataFrame({
+        "domain": domains,
+        "n_users": count(users), "n_items": count(items), "n_interactions": count(interactions),
+        "n_train": count(interactions[interactions["split"] == "train"]),
+        "meta_n_users": [int(per[d]["n_users"]) for d in domains],
+        "meta_n_items": [int(per[d]["n_items"]) for d in domains],
+        "meta_n_interactions": [int(per[d]["n_interactions"]) for d in domains],
+    })
+
+
+def build_batches(tables: Mapping[str, pd.DataFrame], meta: dict) -> dict[str, pd.DataFrame]:
+    """The frames to validate: the three tables, their per-domain slices (`<table>.<domain>`) and the derived
+    `relations` and `sizes` frames.
+
+    The derived frames are left out (with a warning) when a table lacks a column they need or has key columns of
+    types that cannot be joined; the schema suite of that table reports the problem, so the run still fails.
+    """
+    batches = {name: tables[name] for name in TABLES}
+    for name in TABLES:
+        if "domain" in tables[name].columns:
+            for d in meta["domains"]:
+                batches[f"{name}.{d}"] = tables[name][tables[name]["domain"] == d]
+    need = {"interactions": {"domain", "user", "item", "split"}, "items": {"domain", "item", "cold"},
+            "users": {"domain", "user"}}
+    lacking = {t: sorted(need[t] - set(tables[t].columns)) for t in TABLES if need[t] - set(tables[t].columns)}
+    if lacking:
+        log.warning("cross-table checks skipped: tables lack columns %s", lacking)
+        return batches
+    try:
+        batches["relations"] = derive_relations(tables["interactions"], tables["items"], tables["users"])
+        batches["sizes"] = derive_sizes(tables["interactions"], tables["items"], tables["users"], meta)
+    except (TypeError, ValueError) as exc:  # e.g. merging an object `user` column with an int64 one
+        log.warning("cross-table checks skipped: the key columns cannot be joined (%s)", exc)
+        batches.pop("relations", None)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------ suites (GX)
+
+def _suite(name: str, table: str, domain: str | None, expectations: list) -> gx.ExpectationSuite:
+    # Built unattached (no context needed); `run_checks` adds it to the run's context.
+    return gx.ExpectationSuite(name=name, expectations=expectations, meta={"table": table, "domain": domain})
+
+
+def _gx_type(dtype: str) -> str:
+    # Strings are `object` (pandas < 3) or `str` (pandas >= 3); "str" accepts both.
+    return "str" if dtype in ("object", "str") else dtype
+
+
+def table_suite(table: str, domains: list[str]) -> gx.ExpectationSuite:
+    """Schema, nulls, allowed sets, unique keys and non-emptiness of one whole table."""
+    columns = TABLE_COLUMNS[table]
+    exps: list = [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(columns)),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=TABLE_KEYS[table]),
+        gxe.ExpectColumnValuesToBeInSet(column="domain", value_set=domains),
+    ]
+    for col, dtype in columns.items():
+        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col))
+        exps.append(gxe.ExpectColumnValuesToBeOfType(column=col, type_=_gx_type(dtype)))
+    id_col = TABLE_KEYS[table][-1]
+    exps.append(gxe.ExpectColumnValuesToBeBetween(column=id_col, min_value=0))
+    if table == "interactions":
+        exps += [
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(schema.SPLITS)),
+            gxe.ExpectColumnValuesToBeInSet(column="ts_kind", value_set=list(schema.TS_KINDS)),
+            gxe.ExpectColumnValuesToBeInSet(column="feedback", value_set=list(schema.FEEDBACK_KINDS)),
+        ]
+    elif table == "items":
+        exps += [
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["domain", "raw_item"]),
+            gxe.ExpectColumnValuesToBeJsonParseable(column="fields"),
+        ]
+    else:
+        exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=["domain", "raw_user"]))
+    return _suite(table, table, None, exps)
+
+
+def value_expectations(domain: str, feedback: str, thresholds: Thresholds) -> list:
+    """The allowed `value` of one domain's interactions, by feedback kind."""
+    if feedback == "explicit":
+        if domain not in thresholds.rating_scales:
+            raise ConfigError(f"validate.rating_scales has no entry for the explicit-feedback domain '{domain}'; "
+                              f"add e.g. `{domain}: [1, 5]`")
+        scale = thresholds.rating_scales[domain]
+        exps = [gxe.ExpectColumnValuesToBeBetween(column="value", min_value=float(scale[0]),
+                                                  max_value=float(scale[1]))]
+        if len(scale) == 3:
+            n = int(math.floor((scale[1] - scale[0]) / scale[2] + 1e-9))
+            grid = sorted({round(scale[0] + i * scale[2], 9) for i in range(n + 1)})
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column="value", value_set=grid))
+        return exps
+    if feedback == "implicit_count":
+        return [gxe.ExpectColumnValuesToBeBetween(column="value", min_value=1.0)]
+    if feedback == "implied":
+        return [gxe.ExpectColumnValuesToBeInSet(column="value", value_set=[1.0])]
+    return []  # unknown kinds fail the table suite's feedback set already
+
+
+def domain_suites(table: str, meta: dict, thresholds: Thresholds) -> list[gx.ExpectationSuite]:
+    """Per-domain suites on one table (each validates the batch `<table>.<domain>`: that domain's rows)."""
+    suites = []
+    for d in meta["domains"]:
+        info = meta["per_domain"][d]
+        n_users, n_items = int(info["n_users"]), int(info["n_items"])
+        users_ok = gxe.ExpectColumnValuesToBeBetween(column="user", min_value=0, max_value=n_users - 1)
+        items_ok = gxe.ExpectColumnValuesToBeBetween(column="item", min_value=0, max_value=n_items - 1)
+        if table == "interactions":
+            exps = [users_ok, items_ok,
+                    gxe.ExpectColumnValuesToBeInSet(column="feedback", value_set=[info["feedback"]]),
+                    gxe.ExpectColumnValuesToBeBetween(column="ts", min_value=0),
+                    *value_expectations(d, info["feedback"], thresholds)]
+        elif table == "items":
+            exps = [items_ok]
+        else:
+            exps = [users_ok]
+        suites.append(_suite(f"{table}.{d}", table, d, exps))
+    return suites
+
+
+def relations_suite() -> gx.ExpectationSuite:
+    """Ids resolve in their maps and splits are disjoint (checked on the derived `relations` frame)."""
+    t = {"table": "interactions"}
+    return _suite("relations", "interactions", None, [
+        gxe.ExpectColumnValuesToBeInSet(column="user_known", value_set=[True], meta=t,
+                                        notes="every interaction's (domain, user) exists in users.parquet"),
+        gxe.ExpectColumnValuesToBeInSet(column="item_known", value_set=[True], meta=t,
+                                        notes="every interaction's (domain, item) exists in items.parquet"),
+        gxe.ExpectColumnValuesToBeBetween(column="n_splits", min_value=1, max_value=1, meta=t,
+                                          notes="a (domain, user, item) pair lies in one split only"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="item_cold", column_B="in_cold_split", meta=t,
+                                            notes="split 'cold' exactly for the items marked cold (so cold items "
+                                                  "have no train/valid/test interaction)"),
+    ])
+
+
+def sizes_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
+    """Minimum sizes per domain and agreement of the tables with meta.json (on the derived `sizes` frame)."""
+    return _suite("sizes", "meta", None, [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"table": "meta.json"}),
+        gxe.ExpectColumnValuesToBeBetween(column="n_users", min_value=thresholds.min_users, meta={"table": "users"}),
+        gxe.ExpectColumnValuesToBeBetween(column="n_items", min_value=thresholds.min_items, meta={"table": "items"}),
+        gxe.ExpectColumnValuesToBeBetween(column="n_interactions", min_value=1, meta={"table": "interactions"}),
+        gxe.ExpectColumnValuesToBeBetween(column="n_train", min_value=thresholds.min_train_interactions,
+                                          meta={"table": "interactions"}),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_users", column_B="meta_n_users", meta={"table": "users"}),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_items", column_B="meta_n_items", meta={"table": "items"}),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_interactions", column_B="meta_n_interactions",
+                                            meta={"table": "interactions"}),
+    ])
+
+
+def build_suites(meta: dict, thresholds: Thresholds) -> dict[str, list[gx.ExpectationSuite]]:
+    """Batch name -> the suites that validate it (suite names are the batch names)."""
+    check_meta(meta)
+    domains = list(meta["domains"])
+    suites: dict[str, list[gx.ExpectationSuite]] = {}
+    for t in TABLES:
+        suites[t] = [table_suite(t, domains)]
+        suites.update({s.name: [s] for s in domain_suites(t, meta, thresholds)})
+    suites["relations"] = [relations_suite()]
+    suites["sizes"] = [sizes_suite(thresholds)]
+    return suites
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+def make_context(docs_dir: Path) -> Any:
+    """An in-memory GX context whose only Data Docs site writes to `docs_dir`."""
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        data_docs_sites={DOCS_SITE: {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def run_checks(batches: Mapping[str, pd.DataFrame], suites: Mapping[str, list[gx.ExpectationSuite]],
+               docs_dir: Path, max_examples: int = 5, data_docs: bool = True) -> Outcome:
+    """Run one Checkpoint per batch (all its suites) and summarise every result.
+
+    With `data_docs`, each Checkpoint's UpdateDataDocsAction renders its results into `docs_dir` (rendering costs
+    about as much as validating; tests that only need the results turn it off).
+    """
+    docs_dir = Path(docs_dir)
+    context = make_context(docs_dir)
+    source = context.data_sources.add_pandas("m6rec")
+    results = []
+    for batch_name, frame in batches.items():
+        if batch_name not in suites:
+            continue
+        batch_def = source.add_dataframe_asset(batch_name).add_batch_definition_whole_dataframe("whole")
+        definitions = []
+        for suite in suites[batch_name]:
+            suite = context.suites.add(suite)
+            definitions.append(context.validation_definitions.add(
+                gx.ValidationDefinition(name=suite.name, data=batch_def, suite=suite)))
+        base = batch_name.split(".", 1)[0]  # "<table>.<domain>" slices report like their table
+        index_cols = [c for c in INDEX_COLUMNS.get(base, []) if c in frame.columns]
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"validate-{batch_name}", validation_definitions=definitions,
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if data_docs else [],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": max_examples,
+                           "unexpected_index_column_names": index_cols},
+        ))
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        results.extend(result.run_results.values())
+    not_run = sorted(name for name in suites if name not in batches)
+    summary = summarize(results, suites, max_examples, not_run)
+    index = docs_dir / "index.html"
+    summary["data_docs"] = str(index)
+    return Outcome(success=summary["success"], summary=summary, docs_index=index)
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a GX result value (numpy scalars, tuples, conditions, NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _failure(res: Any, suite_meta: dict, max_examples: int) -> dict:
+    cfg = res.expectation_config
+    result = res.result or {}
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "row_condition", "condition_parser")}
+    examples = result.get("partial_unexpected_index_list") or result.get("partial_unexpected_list") or []
+    if not examples and "observed_value" in result:
+        examples = [{"observed_value": result["observed_value"]}]
+    examples = _plain(list(examples)[:max_examples])
+    domain = suite_meta.get("domain")
+    if domain is None:
+        seen = sorted({e["domain"] for e in examples if isinstance(e, dict) and isinstance(e.get("domain"), str)})
+        domain = ", ".join(seen) or "all"
+    return {
+        "expectation": cfg.type, "table": (cfg.meta or {}).get("table", suite_meta.get("table")),
+        "domain": domain, "kwargs": _plain(kwargs), "unexpected_count": _plain(result.get("unexpected_count")),
+        "element_count": _plain(result.get("element_count")), "examples": examples,
+        "error": _exception_message(res.exception_info),
+    }
+
+
+def _exception_message(info: Any) -> str | None:
+    """The message of an exception GX caught while evaluating an expectation (e.g. a missing column), if any.
+
+    GX stores either one record or one record per failed metric."""
+    if not isinstance(info, dict):
+        return None
+    records = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    messages = sorted({str(r.get("exception_message")) for r in records if r.get("raised_exception")})
+    return "; ".join(messages) or None
+
+
+def summarize(results: list, suites: Mapping[str, list[gx.ExpectationSuite]], max_examples: int = 5,
+              not_run: list[str] | None = None) -> dict:
+    """Per suite: success, counts and the failed expectations (with example bad rows), plus the totals.
+
+    Suites in `not_run` (their batch could not be built) make the run fail too.
+    """
+    suite_meta = {s.name: dict(s.meta or {}) for ss in suites.values() for s in ss}
+    out: dict[str, dict] = {}
+    for r in results:
+        meta = suite_meta.get(r.suite_name, {})
+        failed = [_failure(e, meta, max_examples) for e in r.results if not e.success]
+        out[r.suite_name] = {
+            "success": bool(r.success), "table": meta.get("table"), "domain": meta.get("domain"),
+            "evaluated": int(r.statistics["evaluated_expectations"]),
+            "passed": int(r.statistics["successful_expectations"]), "failed": failed,
+        }
+    evaluated = sum(s["evaluated"] for s in out.values())
+    passed = sum(s["passed"] for s in out.values())
+    return {
+        "success": bool(out) and all(s["success"] for s in out.values()) and not not_run,
+        "suites_not_run": list(not_run or []),
+        "expectations_evaluated": evaluated, "expectations_passed": passed,
+        "expectations_failed": evaluated - passed,
+        "suites_evaluated": len(out), "suites_passed": sum(s["success"] for s in out.values()),
+        "suites": out,
+    }
+
+
+def failure_messages(summary: dict) -> list[str]:
+    """One line per failed expectation: domain, table, expectation and example bad values."""
+    lines = [f"domain all | suite {name} | not run: its batch could not be built (see the warnings above)"
+             for name in summary.get("suites_not_run", [])]
+    for suite_name, s in summary["suites"].items():
+        for f in s["failed"]:
+            args = ", ".join(f"{k}={v}" for k, v in f["kwargs"].items())
+            what = (f"raised {f['error']}" if f["error"] else
+                    f"{f['unexpected_count']} of {f['element_count']} unexpected" if f["unexpected_count"] is not None
+                    else "failed")
+            examples = f"; e.g. {f['examples']}" if f["examples"] else ""
+            lines.append(f"domain {f['domain']} | table {f['table']} | suite {suite_name} | "
+                         f"{f['expectation']}({args}): {what}{examples}")
+    return lines
