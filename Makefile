@@ -18,9 +18,9 @@ data: setup  ## fetch raw data (official sources, else the local mirror) and tra
 run: data  ## the main job: the whole pipeline on the embedded default data
 	$(BIN)/dvc repro
 	@echo
-	@$(BIN)/dvc metrics show
+	@cat reports/summary.md
 	@echo
-	@echo "Results: metrics/ (dvc metrics show), plots/ (dvc plots show), reports/ (validation Data Docs, promotion),"
+	@echo "Results: reports/summary.md (above), metrics/ (dvc metrics show --md), plots/ (dvc plots show), reports/ (validation Data Docs, promotion),"
 	@echo "models/ (checkpoints, serving bundles), MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup  ## the test suite (what CI runs)
