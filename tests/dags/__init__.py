@@ -1,0 +1,1 @@
+"""Tests of the Airflow DAGs (dags/) and the Docker files (docker/)."""
