@@ -29,6 +29,9 @@ Files in a prepared folder (default `data/prepared/`, published to `data/validat
 ``meta.json`` — per-domain counts, feedback kind, rating range, split parameters and the source sha256 list.
 
 Global ids (for multi-domain models) are ``offset[domain] + local``, with offsets in domain order of meta.json.
+
+String columns are listed as "object" below; pandas 3 reads them back from parquet as its "str" dtype, and the checks
+accept either.
 """
 
 from __future__ import annotations
