@@ -1,0 +1,292 @@
+"""Request-time work behind the service: top-k over a bundle's precomputed item matrix, with no HTTP in sight.
+
+Per request: one matrix-vector product ``item_vectors @ q`` (``q`` a user vector, a mean of item vectors, or a
+projected text vector), the user's seen items set to ``-inf``, and one :func:`torch.topk`. Unknown users get the
+most popular items (``fallback="popularity"``). Client mistakes raise :class:`RequestError`, which names the field;
+the service turns it into an HTTP 4xx.
+
+``explain`` goes through an *explainer* chosen by the bundle's ``meta["explainer"]`` (default ``"similarity"``:
+the user's history items ranked by cosine similarity to the target item). A model with its own explanation (e.g.
+attention weights) registers one with :func:`register_explainer` and names it in its bundle meta.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from m6rec.serving.bundle import Bundle, DomainBundle
+from m6rec.serving.encoder import LazyEncoder
+
+log = logging.getLogger(__name__)
+
+_NEG_INF = float("-inf")
+
+
+class RequestError(ValueError):
+    """A client mistake: ``field`` names the bad request field, ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        self.field = field
+        self.status = status
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranked list: local item indices with their scores (best first)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+class DomainIndex:
+    """One domain's bundle as torch tensors and id lookups, built once at start-up."""
+
+    def __init__(self, name: str, b: DomainBundle) -> None:
+        self.name = name
+        self.bundle = b
+        self.items = torch.from_numpy(np.ascontiguousarray(b.item_vectors, dtype=np.float32))
+        self.users = torch.from_numpy(np.ascontiguousarray(b.user_vectors, dtype=np.float32))
+        norms = self.items.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.items_unit = self.items / norms  # cosine similarity for similar_items / explain
+        self.popularity = np.asarray(b.popularity, dtype=np.float32)
+        self.pop_order = np.argsort(-self.popularity, kind="stable")
+        self.seen_indptr = b.seen.indptr.astype(np.int64)
+        self.seen_indices = torch.from_numpy(b.seen.indices.astype(np.int64))
+        self.raw_item = list(b.raw_item)
+        self.titles = list(b.titles)
+        self.user_index = {u: i for i, u in enumerate(b.raw_user)}
+        self.item_index = {it: i for i, it in enumerate(b.raw_item)}
+        self.projection = None
+        if b.text_projection is not None:
+            self.projection = (torch.from_numpy(b.text_projection.weight), torch.from_numpy(b.text_projection.bias))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.raw_item)
+
+    def seen(self, user: int) -> torch.Tensor:
+        return self.seen_indices[self.seen_indptr[user]:self.seen_indptr[user + 1]]
+
+    def item(self, raw: str, field: str) -> int:
+        idx = self.item_index.get(raw)
+        if idx is None:
+            raise RequestError(field, f"unknown item id {raw!r} in domain {self.name!r}", 404)
+        return idx
+
+    def top_k(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+              unit: bool = False) -> Ranked:
+        """Top-``k`` items for one query vector, ``exclude`` (item indices) masked out."""
+        scores = torch.mv(self.items_unit if unit else self.items, query)
+        if exclude is not None and exclude.numel():
+            scores[exclude] = _NEG_INF
+        k = min(k, self.n_items)
+        values, idx = torch.topk(scores, k)
+        keep = torch.isfinite(values)  # fewer than k unmasked items: drop the masked fill-ins
+        return Ranked(items=idx[keep].numpy(), scores=values[keep].numpy())
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One ``recommend`` request (see :meth:`Recommender.recommend_batch`)."""
+
+    domain: str
+    user: str
+    k: int = 10
+    exclude_seen: bool = True
+
+
+Explainer = Callable[[DomainIndex, int, int, int], Ranked]
+
+
+def similarity_explainer(index: DomainIndex, user: int, item: int, n: int) -> Ranked:
+    """The user's history items ranked by cosine similarity to ``item`` (``item`` itself left out)."""
+    history = index.seen(user)
+    history = history[history != item]
+    if history.numel() == 0:
+        return Ranked(items=np.empty(0, dtype=np.int64), scores=np.empty(0, dtype=np.float32))
+    sims = index.items_unit[history] @ index.items_unit[item]
+    values, order = torch.topk(sims, min(n, history.numel()))
+    return Ranked(items=history[order].numpy(), scores=values.numpy())
+
+
+EXPLAINERS: dict[str, Explainer] = {"similarity": similarity_explainer}
+
+
+def register_explainer(name: str, fn: Explainer) -> None:
+    """Make ``fn`` available to bundles whose ``meta["explainer"]`` is ``name``."""
+    EXPLAINERS[name] = fn
+
+
+class Recommender:
+    """All endpoints' logic over one loaded bundle. Read-only after construction (safe across threads)."""
+
+    def __init__(self, bundle: Bundle, max_k: int = 100, max_history: int = 1000, explain_n: int = 5,
+                 version: str | None = None, source: str = "", encoder: LazyEncoder | None = None) -> None:
+        self.meta = bundle.meta
+        self.max_k = max_k
+        self.max_history = max_history
+        self.explain_n = explain_n
+        self.version = version
+        self.source = source
+        self.domains = {name: DomainIndex(name, d) for name, d in bundle.domains.items()}
+        explainer = self.meta.get("explainer", "similarity")
+        if explainer not in EXPLAINERS:
+            raise ValueError(f"bundle meta names explainer {explainer!r}; known: {sorted(EXPLAINERS)}")
+        self.explainer_name = explainer
+        self.explainer = EXPLAINERS[explainer]
+        has_text = any(d.projection is not None for d in self.domains.values())
+        self.encoder = encoder if has_text else None
+        if self.encoder is None and has_text and self.meta.get("encoder"):
+            self.encoder = LazyEncoder(self.meta["encoder"], self.meta.get("encoder_max_seq_length") or None)
+
+    # ------------------------------------------------------------------------------------------------ checks
+
+    def domain(self, name: str) -> DomainIndex:
+        index = self.domains.get(name)
+        if index is None:
+            raise RequestError("domain", f"unknown domain {name!r}; served domains: {sorted(self.domains)}", 404)
+        return index
+
+    def check_k(self, k: int, field: str = "k") -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise RequestError(field, f"must be a positive integer, got {k!r}")
+        if k > self.max_k:
+            raise RequestError(field, f"must be <= {self.max_k} (serve.max_k), got {k}")
+        return k
+
+    # --------------------------------------------------------------------------------------------- endpoints
+
+    def _listing(self, index: DomainIndex, ranked: Ranked) -> dict[str, Any]:
+        return {
+            "items": [index.raw_item[i] for i in ranked.items],
+            "titles": [index.titles[i] for i in ranked.items],
+            "scores": [float(s) for s in ranked.scores],
+        }
+
+    def recommend(self, domain: str, user: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+        """Top-k for a known user; the most popular items (``fallback="popularity"``) for an unknown one."""
+        answer = self.recommend_batch([RecommendQuery(domain, user, k, exclude_seen)])[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
+
+    def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[dict[str, Any] | RequestError]:
+        """:meth:`recommend` for many queries: one ``[B, d] @ [d, n_items]`` product and one top-k per domain.
+
+        A bad query gets its :class:`RequestError` in its slot instead of failing the batch.
+        """
+        out: list[dict[str, Any] | RequestError | None] = [None] * len(queries)
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            try:
+                index = self.domain(q.domain)
+                k = self.check_k(q.k)
+            except RequestError as exc:
+                out[i] = exc
+                continue
+            if q.user in index.user_index:
+                groups.setdefault(q.domain, []).append(i)
+            else:
+                top = index.pop_order[: min(k, index.n_items)]
+                ranked = Ranked(items=top, scores=index.popularity[top])
+                out[i] = {"domain": q.domain, "user": q.user, **self._listing(index, ranked),
+                          "fallback": "popularity"}
+        for domain, rows in groups.items():
+            index = self.domains[domain]
+            users = [index.user_index[queries[i].user] for i in rows]
+            scores = index.users[users] @ index.items.T
+            masked = [r for r, i in enumerate(rows) if queries[i].exclude_seen]
+            if masked:
+                cols = [index.seen(users[r]) for r in masked]
+                row_ids = torch.repeat_interleave(torch.tensor(masked), torch.tensor([len(c) for c in cols]))
+                scores[row_ids, torch.cat(cols)] = _NEG_INF
+            k_max = min(max(queries[i].k for i in rows), index.n_items)
+            values, top = torch.topk(scores, k_max, dim=1)
+            values, top = values.numpy(), top.numpy()
+            for r, i in enumerate(rows):
+                k = min(queries[i].k, index.n_items)
+                v, t = values[r, :k], top[r, :k]
+                keep = np.isfinite(v)  # fewer than k unmasked items: drop the masked fill-ins
+                out[i] = {"domain": domain, "user": queries[i].user,
+                          **self._listing(index, Ranked(items=t[keep], scores=v[keep])), "fallback": None}
+        return out  # type: ignore[return-value]
+
+    def recommend_items(self, domain: str, items: Sequence[str] = (), text: str | None = None,
+                        k: int = 10) -> dict[str, Any]:
+        """Top-k for an anonymous user given item ids and/or free text.
+
+        The query is the mean of the known items' vectors and the projected text vector (the text counts as one
+        item). Unknown item ids are ignored and listed in ``unknown_items``; if nothing usable is left: 400.
+        """
+        index = self.domain(domain)
+        k = self.check_k(k)
+        if len(items) > self.max_history:
+            raise RequestError("items", f"at most {self.max_history} item ids (serve.max_history), got {len(items)}")
+        text = text.strip() if text else ""
+        known = [index.item_index[i] for i in items if i in index.item_index]
+        unknown = [i for i in items if i not in index.item_index]
+        if not known and not text:
+            if unknown:
+                raise RequestError("items", f"none of the {len(unknown)} item id(s) is known in domain {domain!r} "
+                                            f"(first: {unknown[:5]}) and no text was given")
+            raise RequestError("items", "empty history: give at least one item id or a non-empty text")
+        parts = []
+        if known:
+            parts.append(index.items[torch.as_tensor(known)])
+        if text:
+            parts.append(self._text_vector(index, text).unsqueeze(0))
+        query = torch.cat(parts).mean(dim=0)
+        exclude = torch.as_tensor(sorted(set(known)), dtype=torch.int64) if known else None
+        ranked = index.top_k(query, k, exclude=exclude)
+        return {"domain": domain, **self._listing(index, ranked), "unknown_items": unknown,
+                "used_text": bool(text)}
+
+    def _text_vector(self, index: DomainIndex, text: str) -> torch.Tensor:
+        if index.projection is None or self.encoder is None:
+            raise RequestError("text", f"domain {index.name!r} has no text projection in this model; "
+                                       f"send item ids instead")
+        weight, bias = index.projection
+        vec = torch.from_numpy(self.encoder.get().encode([text])[0])
+        if vec.shape[0] != weight.shape[0]:
+            raise RuntimeError(f"encoder {self.encoder.name} gives {vec.shape[0]}-d vectors but the text "
+                               f"projection of {index.name} expects {weight.shape[0]}")
+        return vec @ weight + bias
+
+    def similar_items(self, domain: str, item: str, k: int = 10) -> dict[str, Any]:
+        """Items closest to ``item`` by cosine similarity of item vectors (``item`` itself excluded)."""
+        index = self.domain(domain)
+        k = self.check_k(k)
+        i = index.item(item, "item")
+        ranked = index.top_k(index.items_unit[i], k, exclude=torch.tensor([i]), unit=True)
+        return {"domain": domain, "item": item, **self._listing(index, ranked)}
+
+    def explain(self, domain: str, user: str, item: str, n: int | None = None) -> dict[str, Any]:
+        """Why ``item`` for ``user``: the score and the history items that support it (see the explainer)."""
+        index = self.domain(domain)
+        n = self.check_k(self.explain_n if n is None else n, "n")
+        u = index.user_index.get(user)
+        if u is None:
+            raise RequestError("user", f"unknown user id {user!r} in domain {domain!r}: nothing to explain", 404)
+        i = index.item(item, "item")
+        ranked = self.explainer(index, u, i, n)
+        listing = self._listing(index, ranked)
+        return {"domain": domain, "user": user, "item": item, "score": float(index.users[u] @ index.items[i]),
+                "method": self.explainer_name, "history": listing["items"], "history_titles": listing["titles"],
+                "weights": listing["scores"]}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model": self.meta.get("model"), "version": self.version, "source": self.source,
+            "data_version": self.meta.get("data_version"), "metrics": self.meta.get("metrics", {}),
+            "encoder": self.meta.get("encoder"), "created": self.meta.get("created"),
+            "explainer": self.explainer_name, "max_k": self.max_k,
+            "domains": {name: {"n_users": len(d.user_index), "n_items": d.n_items, "dim": int(d.items.shape[1]),
+                               "text": d.projection is not None} for name, d in self.domains.items()},
+        }

@@ -1,0 +1,239 @@
+"""The BentoML service over real HTTP: a `bentoml serve` subprocess on a free 127.0.0.1 port, serving the
+`@champion` of a real sqlite MLflow registry in tmp. One server for the module (restarted by the last tests)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from m6rec import tracking
+from m6rec.serving.bundle import export_bundle, load_bundle
+from m6rec.serving.encoder import LazyEncoder
+from m6rec.serving.local_server import LocalServer
+from m6rec.serving.recommender import Recommender
+from tests.serving.conftest import PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
+from tests.serving.svd_bundles import svd_bundle
+
+MAX_K = 50
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, serving_bundle_dir, tiny_prepared):
+    """Store with v1 = the serving bundle (@champion) and v2 = random vectors (registered later, not promoted)."""
+    root = tmp_path_factory.mktemp("registry")
+    other = export_bundle(root / "random-bundle", svd_bundle(tiny_prepared, [TEXT_DOMAIN, PLAIN_DOMAIN], 16,
+                                                             random=True), {"model": "random16"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)
+        with tracking.start_run("register", {}):
+            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"))
+            v2 = tracking.register_model(tracking.log_model(other, "random16"))
+        tracking.set_alias(v1.version)
+        yield {"root": root, "v1": v1.version, "v2": v2.version, "random_bundle": other}
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    srv = LocalServer(env={"MLFLOW_TRACKING_URI": f"sqlite:///{registry['root'] / 'mlflow.db'}",
+                           "M6REC_MAX_K": str(MAX_K), "HF_HUB_OFFLINE": "1", "M6REC_THREADS": "1"},
+                      cwd=registry["root"], log_path=registry["root"] / "serve.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def local(serving_bundle_dir, sentence_encoder) -> Recommender:
+    """The same bundle in-process: what every HTTP answer must equal."""
+    return Recommender(load_bundle(serving_bundle_dir), max_k=MAX_K, encoder=LazyEncoder.of(sentence_encoder))
+
+
+def post(server: LocalServer, endpoint: str, body=None, content: bytes | None = None) -> httpx.Response:
+    if content is not None:
+        return httpx.post(f"{server.url}/{endpoint}", content=content,
+                          headers={"content-type": "application/json"}, timeout=120)
+    return httpx.post(f"{server.url}/{endpoint}", json=body if body is not None else {}, timeout=120)
+
+
+def test_binds_localhost_only(server):
+    assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_health_ready_metadata(server, registry, serving_bundle_dir):
+    assert post(server, "health").json() == {"status": "ok"}
+    ready = post(server, "ready").json()
+    assert ready["ready"] and ready["version"] == registry["v1"]
+    assert ready["domains"] == sorted([TEXT_DOMAIN, PLAIN_DOMAIN])
+    assert not ready["encoder_loaded"]  # lazily loaded: start-up does not pay for it
+    meta = post(server, "metadata").json()
+    bundle_meta = json.loads((serving_bundle_dir / "bundle.json").read_text())
+    assert meta["version"] == registry["v1"] and meta["source"] == f"models:/m6rec/{registry['v1']}"
+    assert meta["model"] == "svd16" and meta["max_k"] == MAX_K
+    assert meta["data_version"] == bundle_meta["data_version"] and meta["metrics"] == bundle_meta["metrics"]
+    assert meta["domains"][TEXT_DOMAIN]["text"] is True
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_recommend_known_users(server, local):
+    b = local.domains[TEXT_DOMAIN].bundle
+    for u in (0, 11, b.n_users - 1):
+        user = b.raw_user[u]
+        r = post(server, "recommend", {"domain": TEXT_DOMAIN, "user": user, "k": 15})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["fallback"] is None and got["user"] == user and len(got["items"]) == 15
+        assert_same_listing(got, local.recommend(TEXT_DOMAIN, user, k=15))
+    r = post(server, "recommend", {"domain": TEXT_DOMAIN, "user": b.raw_user[0], "exclude_seen": False})
+    assert_same_listing(r.json(), local.recommend(TEXT_DOMAIN, b.raw_user[0], k=10, exclude_seen=False))
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, local):
+    """Concurrent requests are scored in shared batches: every answer must still be the one for its user."""
+    import asyncio
+
+    b = local.domains[TEXT_DOMAIN].bundle
+    users = [b.raw_user[i % b.n_users] for i in range(48)]
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(client.post(f"{server.url}/recommend",
+                                                      json={"domain": TEXT_DOMAIN, "user": u, "k": 5 + i % 7})
+                                          for i, u in enumerate(users)))
+
+    before = post(server, "ready").json()
+    responses = asyncio.run(fire())
+    after = post(server, "ready").json()
+    queries = after["recommend_queries"] - before["recommend_queries"]
+    batches = after["recommend_batches"] - before["recommend_batches"]
+    assert queries == len(users) and batches < queries  # some requests shared a matrix product
+    for i, (u, r) in enumerate(zip(users, responses, strict=True)):
+        assert r.status_code == 200, r.text
+        assert r.json()["user"] == u
+        assert_same_listing(r.json(), local.recommend(TEXT_DOMAIN, u, k=5 + i % 7))
+
+
+def test_numeric_user_id(server, local):
+    b = local.domains[TEXT_DOMAIN].bundle
+    user = b.raw_user[5]
+    r = post(server, "recommend", {"domain": TEXT_DOMAIN, "user": int(user), "k": 3})  # MovieLens ids are numbers
+    assert r.status_code == 200, r.text
+    assert_same_listing(r.json(), local.recommend(TEXT_DOMAIN, user, k=3))
+
+
+def test_unknown_user_falls_back_to_popularity(server, local):
+    r = post(server, "recommend", {"domain": PLAIN_DOMAIN, "user": "new-visitor", "k": 7})
+    assert r.status_code == 200
+    got = r.json()
+    assert got["fallback"] == "popularity"
+    b = local.domains[PLAIN_DOMAIN].bundle
+    assert got["scores"] == sorted(b.popularity.tolist(), reverse=True)[:7]
+
+
+def test_recommend_items_ids_and_text(server, local):
+    b = local.domains[TEXT_DOMAIN].bundle
+    liked = [b.raw_item[b.titles.index("Star Wars (1977)")], "not-an-item"]
+    r = post(server, "recommend_items", {"domain": TEXT_DOMAIN, "items": liked, "k": 8})
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown_items"] == ["not-an-item"]
+    assert_same_listing(r.json(), local.recommend_items(TEXT_DOMAIN, liked, k=8))
+    body = {"domain": TEXT_DOMAIN, "text": "a space opera with jedi knights", "k": 8}
+    r = post(server, "recommend_items", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["used_text"] is True
+    assert_same_listing(r.json(), local.recommend_items(TEXT_DOMAIN, text=body["text"], k=8))
+    assert post(server, "ready").json()["encoder_loaded"]
+
+
+def test_similar_items_and_explain(server, local):
+    b = local.domains[TEXT_DOMAIN].bundle
+    star_wars = b.raw_item[b.titles.index("Star Wars (1977)")]
+    r = post(server, "similar_items", {"domain": TEXT_DOMAIN, "item": star_wars, "k": 5})
+    assert r.status_code == 200, r.text
+    assert_same_listing(r.json(), local.similar_items(TEXT_DOMAIN, star_wars, k=5))
+    assert "Return of the Jedi (1983)" in r.json()["titles"]
+    user = b.raw_user[3]
+    r = post(server, "explain", {"domain": TEXT_DOMAIN, "user": user, "item": star_wars})
+    assert r.status_code == 200, r.text
+    want = local.explain(TEXT_DOMAIN, user, star_wars)
+    got = r.json()
+    assert got["history"] == want["history"] and got["method"] == "similarity" and len(got["history"]) == 5
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+
+
+BAD_INPUT = [
+    # (endpoint, json body or raw bytes, status, field the message must name)
+    ("recommend", {"domain": "no-such-domain", "user": "1"}, 404, "domain"),
+    ("recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": 0}, 400, "k"),
+    ("recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": -3}, 400, "k"),
+    ("recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": MAX_K + 1}, 400, "k"),
+    ("recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": "ten"}, 400, "k"),
+    ("recommend", {"domain": TEXT_DOMAIN}, 400, "user"),
+    ("recommend", {"domain": TEXT_DOMAIN, "usr": "1"}, 400, "usr"),
+    ("recommend", {"domain": TEXT_DOMAIN, "user": ""}, 400, "user"),
+    ("recommend", b'{"domain": "ml-100k", "user": ', 400, "json"),
+    ("recommend", b"[1, 2]", 400, ""),
+    ("recommend_items", {"domain": TEXT_DOMAIN, "items": []}, 400, "items"),
+    ("recommend_items", {"domain": TEXT_DOMAIN}, 400, "items"),
+    ("recommend_items", {"domain": TEXT_DOMAIN, "items": ["nope-1", "nope-2"]}, 400, "items"),
+    ("recommend_items", {"domain": TEXT_DOMAIN, "items": "50"}, 400, "items"),
+    ("recommend_items", {"domain": PLAIN_DOMAIN, "text": "space opera"}, 400, "text"),
+    ("recommend_items", {"domain": TEXT_DOMAIN, "items": ["50"], "k": 10_000}, 400, "k"),
+    ("similar_items", {"domain": TEXT_DOMAIN, "item": "no-such-item"}, 404, "item"),
+    ("similar_items", {"domain": "nope", "item": "50"}, 404, "domain"),
+    ("explain", {"domain": TEXT_DOMAIN, "user": "no-such-user", "item": "50"}, 404, "user"),
+    ("explain", {"domain": TEXT_DOMAIN, "user": "1", "item": "no-such-item"}, 404, "item"),
+    ("explain", {"domain": TEXT_DOMAIN, "user": "1", "item": "50", "n": 0}, 400, "n"),
+]
+
+
+@pytest.mark.parametrize("endpoint,body,status,field", BAD_INPUT,
+                         ids=[f"{e}-{i}" for i, (e, *_rest) in enumerate(BAD_INPUT)])
+def test_bad_input_is_a_4xx_naming_the_field(server, local, endpoint, body, status, field):
+    b = local.domains[TEXT_DOMAIN].bundle
+    if isinstance(body, dict) and body.get("user") == "1":
+        body = {**body, "user": b.raw_user[0]}  # a user that exists, so only the field under test is wrong
+    r = post(server, endpoint, content=body) if isinstance(body, bytes) else post(server, endpoint, body)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert "error" in payload
+    if field == "json":
+        assert payload["detail"][0]["type"] == "json_invalid"
+    elif field:
+        named = payload.get("field") or [str(x) for d in payload.get("detail", []) for x in d["loc"]]
+        assert field in named, payload
+
+
+def test_checked_client_errors_leave_no_traceback_in_the_log(server):
+    """The Recommender's 4xx are answers, not crashes (BentoML itself still logs pydantic errors with a trace)."""
+    before = server.log_tail(10**7).count("Traceback")
+    assert post(server, "recommend", {"domain": "no-such-domain", "user": "1"}).status_code == 404
+    assert post(server, "recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": MAX_K + 1}).status_code == 400
+    assert post(server, "health").status_code == 200  # its access-log line follows the two above
+    assert server.log_tail(10**7).count("Traceback") == before
+
+
+def test_restart_keeps_serving_the_same_champion(server, registry, local):
+    b = local.domains[TEXT_DOMAIN].bundle
+    body = {"domain": TEXT_DOMAIN, "user": b.raw_user[2], "k": 10}
+    before = post(server, "recommend", body).json()
+    server.restart()
+    assert post(server, "metadata").json()["version"] == registry["v1"]
+    assert post(server, "recommend", body).json() == before
+
+
+def test_a_promotion_does_not_change_a_running_server(server, registry, local):
+    """The alias is resolved once at start-up (test_health_ready_metadata: @champion -> v1 although v2 is newer);
+    moving it must not change what a running server answers."""
+    b = local.domains[TEXT_DOMAIN].bundle
+    body = {"domain": TEXT_DOMAIN, "user": b.raw_user[2], "k": 10}
+    before = post(server, "recommend", body).json()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root'] / 'mlflow.db'}")
+        tracking.set_alias(registry["v2"])
+        assert tracking.get_alias().version == registry["v2"]
+    assert post(server, "metadata").json()["version"] == registry["v1"]
+    assert post(server, "recommend", body).json() == before

@@ -1,0 +1,169 @@
+"""The register stage's promotion gate, end to end on a real sqlite MLflow store and real (tiny) data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from m6rec import tracking
+from m6rec.config import ConfigError
+from m6rec.serving.bundle import export_bundle, load_bundle
+from m6rec.stages import register
+from m6rec.stages.register import RegisterParams, bundle_figure, decide, parse_metric
+from tests.serving.svd_bundles import svd_bundle
+
+DOMAINS = ["ml-100k", "amazon-office"]
+METRIC = "valid.ndcg@20"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_prepared_dir: Path):
+    """A folder with the data, three candidate bundles of clearly different quality and their metrics files."""
+    from m6rec.data.dataset import load_prepared
+
+    root = tmp_path_factory.mktemp("register")
+    data_dir = root / "data" / "validated"
+    shutil.copytree(tiny_prepared_dir, data_dir)
+    prepared = load_prepared(data_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("M6REC_ARTIFACT_ROOT", raising=False)
+        mp.chdir(root)
+        version = tracking.data_version(paths=["data/validated"])
+        figures = {}
+        for name, dim, random in (("random", 8, True), ("svd2", 2, False), ("svd16", 16, False)):
+            bundle = export_bundle(root / "models" / name, svd_bundle(prepared, DOMAINS, dim, random=random),
+                                   {"model": name, "data_version": version})
+            fig = bundle_figure(load_bundle(bundle), prepared, METRIC, DOMAINS)
+            metrics = {d: {name: {"valid": {"ndcg@20": v}}} for d, v in fig.per_domain.items()}
+            (root / "metrics").mkdir(exist_ok=True)
+            (root / "metrics" / f"{name}.json").write_text(json.dumps(metrics))
+            figures[name] = fig.value
+        low, mid, high = sorted(figures, key=figures.get)
+        assert figures[low] < figures[mid] < figures[high], f"candidates not separable on tiny data: {figures}"
+        yield {"root": root, "figures": figures, "low": low, "mid": mid, "high": high, "version": version}
+
+
+def cfg(name: str, **kw) -> RegisterParams:
+    return RegisterParams(candidates=({"bundle": f"models/{name}", "metrics": f"metrics/{name}.json"},),
+                          metric=METRIC, domains=tuple(DOMAINS), **kw)
+
+
+def checks(root: Path, success: bool | None) -> Path:
+    path = root / "reports" / "validation" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if success is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(json.dumps({"success": success, "suites": {}}))
+    return path
+
+
+def test_parse_metric_and_params_are_checked():
+    assert parse_metric("valid.ndcg@20") == ("valid", "ndcg@20", (20,))
+    assert parse_metric("test.mrr") == ("test", "mrr", (10,))
+    with pytest.raises(ConfigError, match="register.metric"):
+        RegisterParams(metric="ndcg@20")
+    with pytest.raises(ConfigError, match="candidates\\[0\\]"):
+        RegisterParams(candidates=({"bundle": "x"},))
+    with pytest.raises(ConfigError, match="margin"):
+        RegisterParams(margin=-1.0)
+
+
+def test_decide_is_the_gate():
+    assert decide(0.1, None, 0.0, True, "").promote
+    assert decide(0.3, 0.2, 0.05, True, "").promote
+    assert not decide(0.24, 0.2, 0.05, True, "").promote
+    assert not decide(0.2, 0.2, 0.0, True, "").promote  # a tie keeps the champion
+    assert not decide(0.9, None, 0.0, False, "data checks failed").promote
+
+
+def test_promotion_sequence(project):
+    """First promoted; worse kept; failed or missing checks kept; margin respected; better promoted."""
+    root, figs = project["root"], project["figures"]
+    low, mid, high = project["low"], project["mid"], project["high"]
+    ok = checks(root, True)
+
+    first = register.run(cfg(mid), ok)
+    assert first["promoted"] and first["reason"] == "promoted: no champion yet"
+    assert first["champion_before"] is None
+    assert first["candidate"]["value"] == pytest.approx(figs[mid]) and first["candidate"]["source"] == "metrics-file"
+    champ = tracking.get_alias("m6rec")
+    assert champ.version == first["candidate"]["version"] == first["champion_after"]
+    assert float(champ.tags[register.TAG_VALUE]) == pytest.approx(figs[mid])
+    assert champ.tags[register.TAG_DATA] == project["version"]
+    on_disk = json.loads((root / "reports" / "promotion.json").read_text())
+    assert on_disk == first
+
+    worse = register.run(cfg(low), ok)
+    assert not worse["promoted"] and worse["decision"] == "kept"
+    assert worse["champion_before"]["source"] == "tags"
+    assert worse["champion_before"]["value"] == pytest.approx(figs[mid])
+    assert tracking.get_alias("m6rec").version == champ.version
+    assert tracking.get_version("m6rec", worse["candidate"]["version"]).tags["model"] == low  # registered anyway
+
+    failed = register.run(cfg(high), checks(root, False))
+    assert not failed["promoted"] and "data checks failed" in failed["reason"]
+    missing = register.run(cfg(high), checks(root, None))
+    assert not missing["promoted"] and "no data-check summary" in missing["reason"]
+    assert tracking.get_alias("m6rec").version == champ.version
+
+    gap = figs[high] - figs[mid]
+    within_margin = register.run(cfg(high, margin=gap + 1e-3), checks(root, True))
+    assert not within_margin["promoted"]
+
+    better = register.run(cfg(high, margin=gap / 2), checks(root, True))
+    assert better["promoted"]
+    assert better["champion_before"]["version"] == champ.version
+    assert tracking.get_alias("m6rec").version == better["candidate"]["version"] != champ.version
+
+    # Every run registered its candidate: 6 versions, the champion the last one.
+    assert tracking.get_version("m6rec", 6).version == "6"
+    assert tracking.get_alias("m6rec").version == "6"
+
+
+def test_changed_data_reevaluates_the_champion(project):
+    """On other data (different version) the champion's recorded figure is not trusted: its bundle is re-evaluated.
+
+    The data here is a byte-different copy of the same interactions, so the re-evaluated figure must reproduce
+    the recorded one: that checks the download, id alignment and evaluation path.
+    """
+    root, figs = project["root"], project["figures"]
+    other = root / "data" / "validated-v2"
+    if not other.exists():
+        shutil.copytree(root / "data" / "validated", other)
+        meta = other / "meta.json"
+        meta.write_text(meta.read_text() + "\n")
+    assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]
+    champ = tracking.get_alias("m6rec")
+    report = register.run(cfg(project["low"], data_dir="data/validated-v2"), checks(root, True))
+    before = report["champion_before"]
+    assert before["version"] == champ.version and before["source"] == "re-evaluated"
+    assert before["value"] == pytest.approx(float(champ.tags[register.TAG_VALUE]), abs=1e-6)
+    # The candidate's bundle says it was built on the old data: it is re-evaluated too, not read from its file.
+    assert report["candidate"]["source"] == "re-evaluated"
+    assert report["candidate"]["value"] == pytest.approx(figs[project["low"]], abs=1e-6)
+    assert not report["promoted"]
+
+
+def test_main_reads_params_and_validate_report_dir(project):
+    import yaml
+
+    root, low = project["root"], project["low"]
+    checks(root, False)
+    good = root / "checks-ok"
+    good.mkdir(exist_ok=True)
+    (good / "summary.json").write_text(json.dumps({"success": True}))
+    params = {
+        "validate": {"report_dir": "checks-ok"},
+        "register": {"candidates": [{"bundle": f"models/{low}", "metrics": f"metrics/{low}.json"}],
+                     "metric": METRIC, "domains": DOMAINS, "margin": 0.0, "report": "reports/main.json"},
+    }
+    (root / "params-register.yaml").write_text(yaml.safe_dump(params))
+    assert register.main(["--params", "params-register.yaml"]) == 0
+    report = json.loads((root / "reports" / "main.json").read_text())
+    assert report["data_checks_passed"] is True  # read from validate.report_dir, not the default folder
+    assert report["decision"] == "kept"

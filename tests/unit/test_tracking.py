@@ -1,0 +1,193 @@
+"""m6rec.tracking against a real sqlite MLflow store in tmp (no mocks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from m6rec import tracking
+from m6rec.serving.bundle import export_bundle, load_bundle
+from tests.serving.svd_bundles import svd_bundle
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """One sqlite store for the module (creating the schema takes seconds); cwd is the store's folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.delenv("M6REC_ARTIFACT_ROOT", raising=False)
+        mp.chdir(root)
+        yield root
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri())
+
+
+def test_import_has_no_side_effects():
+    code = "import sys, m6rec.tracking; assert 'mlflow' not in sys.modules, 'mlflow imported at import time'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_default_store_is_sqlite_in_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("M6REC_ARTIFACT_ROOT", raising=False)
+    monkeypatch.setenv("M6REC_ROOT", str(tmp_path))
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.artifact_root(uri) == (tmp_path.resolve() / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking.artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_flatten_metrics_nested_and_names():
+    nested = {"ml-100k": {"puresvd": {"valid": {"ndcg@20": 0.25, "mrr": 0.125}, "fit_s": 1.5, "note": "x",
+                                      "ok": True}},
+              "odd:name(1)": 3}
+    flat = tracking.flatten_metrics(nested)
+    assert flat == {"ml-100k.puresvd.valid.ndcg_at_20": 0.25, "ml-100k.puresvd.valid.mrr": 0.125,
+                    "ml-100k.puresvd.fit_s": 1.5, "odd_name_1_": 3.0}
+    with pytest.raises(TypeError, match="ml-100k.x"):
+        tracking.flatten_metrics({"ml-100k": {"x": [1, 2]}})
+
+
+def test_flatten_params_nested_lists_and_long_values():
+    flat = tracking.flatten_params({"baselines": {"models": ["a", "b"], "dim": 64}, "s": "x" * 7000})
+    assert flat["baselines.models"] == '["a", "b"]'
+    assert flat["baselines.dim"] == "64"
+    assert len(flat["s"]) == 6000
+
+
+def test_data_version_from_dvc_records_and_content(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
+        "cmd": "python -m x", "deps": ["data/validated", "src/m6rec/stages/train.py", "data/graph"]}}}))
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "validate": {"cmd": "x", "deps": [{"path": "data/prepared", "md5": "p1.dir"}],
+                     "outs": [{"path": "data/validated", "md5": "v1.dir"}]}}}))
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "r1.dir", "path": "data/raw"}]}))
+    (tmp_path / ".dvc").mkdir()  # DVC's own folder matches *.dvc too
+    assert tracking.data_version(paths=["data/validated"], root=tmp_path) == "v1.dir"
+    assert tracking.data_version(paths=["data/raw"], root=tmp_path) == "r1.dir"
+    assert tracking.data_version(paths=["data/prepared"], root=tmp_path) == "p1.dir"
+    # data/graph is not recorded: its content is hashed, and the version follows the content.
+    graph = tmp_path / "data" / "graph"
+    graph.mkdir(parents=True)
+    (graph / "edges.npy").write_bytes(b"abc")
+    v1 = tracking.data_version(stage="train", root=tmp_path)
+    assert v1 == tracking.data_version(paths=["data/graph", "data/validated"], root=tmp_path)
+    (graph / "edges.npy").write_bytes(b"abd")
+    assert tracking.data_version(stage="train", root=tmp_path) != v1
+    assert tracking.data_version(paths=["nothing/here"], root=tmp_path) == "missing"
+    assert tracking.data_version(stage="no-such-stage", root=tmp_path) == "unknown"
+
+
+def test_run_logs_params_tags_metrics_artifacts(store):
+    (store / "dvc.lock").write_text(yaml.safe_dump({"stages": {"validate": {
+        "outs": [{"path": "data/validated", "md5": "feed.dir"}]}}}))
+    report = store / "report.json"
+    report.write_text('{"a": 1}')
+    with tracking.start_run("train_x", {"train_x": {"dim": 64, "lr": 0.01}}, tags={"note": "t"},
+                            data_paths=["data/validated"]) as run_id:
+        tracking.log_epoch({"loss": 1.0, "valid_ndcg@20": 0.1}, step=0)
+        tracking.log_epoch({"loss": 0.5, "valid_ndcg@20": 0.2}, step=1)
+        tracking.log_metrics({"ml-100k": {"mf": {"test": {"recall@10": 0.3, "rmse": float("nan")}}}})
+        tracking.log_artifact(report)
+    c = client()
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"train_x.dim": "64", "train_x.lr": "0.01"}
+    assert run.data.tags["stage"] == "train_x"
+    assert run.data.tags["data_version"] == "feed.dir"
+    assert run.data.tags["note"] == "t"
+    assert run.data.tags["git_commit"]
+    assert [m.value for m in c.get_metric_history(run_id, "loss")] == [1.0, 0.5]
+    assert run.data.metrics["valid_ndcg_at_20"] == 0.2
+    assert run.data.metrics["ml-100k.mf.test.recall_at_10"] == 0.3
+    assert "ml-100k.mf.test.rmse" not in run.data.metrics  # NaN is not logged
+    assert [a.path for a in c.list_artifacts(run_id)] == ["report.json"]
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.name == "m6rec"
+    assert exp.artifact_location == (store / "mlartifacts").resolve().as_uri()
+
+
+def test_params_section_names_the_experiment_and_store(store, monkeypatch):
+    params = store / "params-tracking.yaml"
+    params.write_text(yaml.safe_dump({"tracking": {"experiment": "m6rec-other", "db": "other.db",
+                                                   "artifacts": "other-artifacts"}}))
+    monkeypatch.setenv("M6REC_PARAMS", str(params))
+    assert tracking.settings().experiment == "m6rec-other"
+    with tracking.start_run("x", {}) as run_id:
+        pass
+    assert client().get_experiment(client().get_run(run_id).info.experiment_id).name == "m6rec-other"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("M6REC_ROOT", str(store))
+    assert tracking.tracking_uri() == f"sqlite:///{store.resolve() / 'other.db'}"
+    assert tracking.artifact_root(tracking.tracking_uri()).endswith("/other-artifacts")
+    params.write_text(yaml.safe_dump({"tracking": {"experiment": "x", "typo": 1}}))
+    with pytest.raises(Exception, match="typo"):
+        tracking.settings()
+
+
+def test_failed_body_marks_run_failed(store):
+    with pytest.raises(ZeroDivisionError):
+        with tracking.start_run("boom", {}) as run_id:
+            raise ZeroDivisionError("boom")
+    assert client().get_run(run_id).info.status == "FAILED"
+
+
+def test_logging_outside_a_run_is_an_error(store):
+    with pytest.raises(RuntimeError, match="start_run"):
+        tracking.log_metrics({"x": 1.0})
+
+
+def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tmp_path):
+    bundle_dir = export_bundle(tmp_path / "bundle", svd_bundle(tiny_prepared, ["ml-100k"], dim=8),
+                               {"model": "svd8", "data_version": "v"})
+    assert tracking.get_alias("m6rec-roundtrip") is None  # no such model yet
+    with tracking.start_run("register", {}):
+        uri = tracking.log_model(bundle_dir, "svd8")
+        assert uri.startswith("models:/m-")
+        v1 = tracking.register_model(uri, "m6rec-roundtrip", tags={"register.metric_value": "0.5"})
+        v2 = tracking.register_model(tracking.log_model(bundle_dir, "svd8"), "m6rec-roundtrip")
+    assert (v1.version, v2.version) == ("1", "2")
+    assert v1.tags["register.metric_value"] == "0.5"
+    assert tracking.get_alias("m6rec-roundtrip") is None  # registered, not promoted
+    tracking.set_alias(v1.version, "m6rec-roundtrip")
+    champ = tracking.get_alias("m6rec-roundtrip")
+    assert champ.version == "1" and "champion" in champ.aliases
+    tracking.set_alias(v2.version, "m6rec-roundtrip")  # the alias moves
+    assert tracking.get_alias("m6rec-roundtrip").version == "2"
+    assert tracking.resolve_model_uri("models:/m6rec-roundtrip@champion").version == "2"
+    with pytest.raises(LookupError, match="no alias 'nope'"):
+        tracking.resolve_model_uri("models:/m6rec-roundtrip@nope")
+
+    local = tracking.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl")
+    assert (local / "MLmodel").is_file()
+    back, orig = load_bundle(local), load_bundle(bundle_dir)
+    assert back.meta == orig.meta
+    a, b = back.domains["ml-100k"], orig.domains["ml-100k"]
+    np.testing.assert_array_equal(a.item_vectors, b.item_vectors)
+    np.testing.assert_array_equal(a.user_vectors, b.user_vectors)
+    assert (a.seen != b.seen).nnz == 0
+    assert a.raw_user == b.raw_user and a.titles == b.titles
+
+
+def test_log_model_needs_a_folder(store, tmp_path):
+    with tracking.start_run("register", {}):
+        with pytest.raises(FileNotFoundError, match="no-bundle"):
+            tracking.log_model(tmp_path / "no-bundle", "x")
+
+
+def test_artifacts_stay_beside_the_sqlite_file(store):
+    assert (store / "mlartifacts").is_dir()
+    assert not (Path.cwd() / "mlruns").exists()
