@@ -59,17 +59,23 @@ class TextLightGCN(nn.Module):
         init_std: std of the normal initialisation of id embeddings (item rows with text start at 0).
         propagation: "symmetric" (fast custom backward) or "lgconv" (torch-geometric LGConv); same result.
         reg: L2 weight lambda of :meth:`calculate_loss`.
+        id_dropout: in training, the probability that an item with text loses its id embedding for a batch (it is
+            then represented by its text alone, as a cold-start item is), so that the text projection has to carry
+            the preference signal instead of leaving it to the id embeddings (DropoutNet, Volkovs et al., NeurIPS
+            2017). No effect in eval mode.
     """
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, num_layers: int = 3,
                  text_dim: int = 0, n_text_items: int = 0, text_dtype: str = "float16", init_std: float = 0.1,
-                 propagation: str = "symmetric", reg: float = 1e-4) -> None:
+                 propagation: str = "symmetric", reg: float = 1e-4, id_dropout: float = 0.0) -> None:
         super().__init__()
         if propagation not in PROPAGATIONS:
             raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
         if n_users <= 0 or n_items <= 0 or embedding_dim <= 0 or num_layers < 0:
             raise ValueError(f"bad sizes: n_users={n_users}, n_items={n_items}, embedding_dim={embedding_dim}, "
                              f"num_layers={num_layers}")
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         if (text_dim > 0) != (n_text_items > 0):
             raise ValueError(f"text_dim ({text_dim}) and n_text_items ({n_text_items}) must both be > 0 or both 0")
         self.n_users, self.n_items = int(n_users), int(n_items)
@@ -91,6 +97,7 @@ class TextLightGCN(nn.Module):
             self.text_proj = None
         self.adj: Tensor | None = None  # the normalised adjacency; data, not state (see set_graph)
         self.reg = float(reg)
+        self.id_dropout = float(id_dropout)
         self.reset_parameters()
 
     @classmethod
@@ -116,7 +123,7 @@ class TextLightGCN(nn.Module):
         return {"n_users": self.n_users, "n_items": self.n_items, "embedding_dim": self.embedding_dim,
                 "num_layers": self.num_layers, "text_dim": self.text_dim, "n_text_items": self.n_text_items,
                 "text_dtype": self.text_dtype, "init_std": self.init_std, "propagation": self.propagation,
-                "reg": self.reg}
+                "reg": self.reg, "id_dropout": self.id_dropout}
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.user_emb.weight, std=self.init_std)
@@ -146,6 +153,11 @@ class TextLightGCN(nn.Module):
         """``x0`` of every node ``[n_users + n_items, d]``: users, then items (id embedding + text projection)."""
         items = self.item_emb.weight
         if self.text_proj is not None:
+            if self.training and self.id_dropout > 0:
+                dropped = self.text_items[torch.rand(self.n_text_items, device=items.device) < self.id_dropout]
+                keep = torch.ones(self.n_items, 1, dtype=items.dtype, device=items.device)
+                keep[dropped] = 0.0
+                items = items * keep
             items = items.index_add(0, self.text_items, self.text_vectors(self.text_feats))
         return torch.cat([self.user_emb.weight, items])
 

@@ -127,7 +127,10 @@ class EmbeddingCache:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys as a str array, float32 vectors [n, dim]) in insertion order."""
-        vecs = np.concatenate(self._vectors).astype(np.float32) if self._vectors else np.zeros((0, self.dim), np.float32)
+        if self._vectors:
+            vecs = np.concatenate(self._vectors).astype(np.float32)
+        else:
+            vecs = np.zeros((0, self.dim), np.float32)
         self._vectors = [vecs] if len(vecs) else []
         return np.asarray(self._keys, dtype=str), vecs
 
