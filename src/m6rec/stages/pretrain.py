@@ -13,6 +13,11 @@ domains, and writes:
   checkpoint's meta.
 
 A domain's users are scored against that domain's items only.
+
+Data-parallel training: ``torchrun --standalone --nproc_per_node=N -m m6rec.stages.pretrain --params params.yaml``
+(see :mod:`m6rec.training.distributed` and docs/scaling.md). Every rank propagates the full graph and takes its shard
+of each batch; DDP averages the gradients, rank 0 validates (the metric is broadcast so that every rank stops at the
+same epoch) and alone writes outputs and talks to MLflow. Without torchrun the stage runs as a single process.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from m6rec.runtime import set_threads
 from m6rec.evaluation.protocol import EvaluateParams
 from m6rec.stages.text_embeddings import load_embeddings
 from m6rec.training.checkpoint import save_checkpoint
+from m6rec.training.distributed import DistEnv, broadcast_float, cleanup, ddp_loss, init_distributed
 from m6rec.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -119,7 +125,7 @@ def evaluate_model(model: TextLightGCN, graph: BipartiteGraph, datas: dict[str, 
     """{domain: {split: metrics}} with one propagation for all domains."""
     model.eval()
     with torch.no_grad():
-        user_vecs, item_vecs = model()
+        user_vecs, item_vecs = (v.cpu() for v in model())  # no copy on the CPU; metrics are computed there
     u_off, i_off = graph.user_offsets, graph.item_offsets
     out = {}
     for d, data in datas.items():
@@ -130,9 +136,18 @@ def evaluate_model(model: TextLightGCN, graph: BipartiteGraph, datas: dict[str, 
 
 
 def train(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, torch.Tensor] | None,
-          cfg: PretrainParams, ev: EvaluateParams, progress: bool = True) -> tuple[TextLightGCN, dict]:
-    """Train with early stopping on the mean validation metric of the source domains; returns (model, info)."""
+          cfg: PretrainParams, ev: EvaluateParams, progress: bool = True, env: DistEnv | None = None
+          ) -> tuple[TextLightGCN, dict]:
+    """Train with early stopping on the mean validation metric of the source domains; returns (model, info) with
+    the model on the CPU.
+
+    `env` (from :func:`m6rec.training.distributed.init_distributed`): when distributed, this rank trains its shard of
+    every batch under DDP and only rank 0 validates; every rank returns the same weights.
+    """
+    env = env or DistEnv()
     model = build_model(graph, cfg, text)
+    if env.device.type != "cpu":
+        model.to(env.device).set_graph(graph.adj.to(env.device))
     datas = {d: domain_data(prepared, d) for d in graph.source_domains}
     sampler = DomainNegativeSampler(graph.edge_user.numpy(), graph.edge_item.numpy(), graph.edge_domain.numpy(),
                                     negative_pools(prepared, graph), seed=cfg.seed)
@@ -140,27 +155,34 @@ def train(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, t
     curve: list[dict] = []
 
     def validate() -> float:
+        if env.rank != 0:  # same weights on every rank: rank 0 evaluates, the others take its metric
+            return broadcast_float(None)
         res = evaluate_model(model, graph, datas, ("valid",), ev)
         per_domain = {d: r["valid"][ev.select_metric] for d, r in res.items()}
         log.info("valid %s: %s", ev.select_metric, ", ".join(f"{d} {v:.4f}" for d, v in per_domain.items()))
-        return float(np.mean(list(per_domain.values())))
+        return broadcast_float(float(np.mean(list(per_domain.values()))))
 
     def on_epoch(epoch: int, record: dict) -> None:
         curve.append({"epoch": epoch, **{k: float(v) for k, v in record.items()}})
 
     hist = fit(model, lambda epoch: sampler.epoch(cfg.batch_size), optimizer, cfg.epochs, validate=validate,
                eval_every=cfg.eval_every, patience=cfg.patience, progress=progress, on_epoch=on_epoch,
-               name=MODEL_NAME)
+               name=MODEL_NAME, loss_fn=ddp_loss(model, env) if env.distributed else None)
     model.eval()
+    if env.device.type != "cpu":
+        model.cpu().set_graph(graph.adj)
     info = {"epochs": hist.epochs, "best_epoch": hist.best_epoch, "fit_s": hist.seconds,
             "initial_valid": hist.initial_metric, "best_valid": hist.best_metric, "curve": curve}
+    if env.distributed:
+        info["world_size"] = env.world_size
     return model, info
 
 
 def run(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, torch.Tensor] | None,
-        cfg: PretrainParams, ev: EvaluateParams, progress: bool = True) -> tuple[TextLightGCN, dict, dict]:
+        cfg: PretrainParams, ev: EvaluateParams, progress: bool = True, env: DistEnv | None = None
+        ) -> tuple[TextLightGCN, dict, dict]:
     """Train, then evaluate every source domain on valid, test and cold; returns (model, metrics, info)."""
-    model, info = train(prepared, graph, text, cfg, ev, progress)
+    model, info = train(prepared, graph, text, cfg, ev, progress, env)
     datas = {d: domain_data(prepared, d) for d in graph.source_domains}
     results = evaluate_model(model, graph, datas, ("valid", "test", "cold"), ev)
     metrics = {d: {MODEL_NAME: {**r, "fit_s": info["fit_s"], "best_epoch": info["best_epoch"]}}
@@ -221,8 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params(args.params)
+    env = init_distributed()
+    try:
+        return _main(args.params, env)
+    finally:
+        if env.distributed:
+            cleanup()
+
+
+def _main(params_path: str, env: DistEnv) -> int:
+    """The stage on one process; with `env` distributed, ranks other than 0 only train (no outputs, no MLflow)."""
+    setup_logging(None if env.rank == 0 else "WARNING")
+    params = load_params(params_path)
     cfg = section(params, "pretrain", PretrainParams)
     ev = section(params, "evaluate", EvaluateParams)
     set_threads()
@@ -240,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"text embeddings in {cfg.embeddings_dir} follow domains {emb_meta['domains']} but "
                              f"{cfg.in_dir} has {prepared.domains}: rerun the text_embeddings stage")
         text = text_inputs(emb, mask, graph.n_items)
+    if env.rank != 0:
+        train(prepared, graph, text, cfg, ev, progress=False, env=env)
+        return 0
     from m6rec import tracking
 
     data_version = tracking.data_version(paths=[cfg.in_dir])
     with tracking.start_run("pretrain", {"pretrain": asdict(cfg), "evaluate": asdict(ev)},
+                            tags={"world_size": str(env.world_size)} if env.distributed else None,
                             data_paths=[cfg.in_dir, cfg.graph_dir, cfg.embeddings_dir]):
-        model, metrics, info = run(prepared, graph, text, cfg, ev)
+        model, metrics, info = run(prepared, graph, text, cfg, ev, env=env)
         for row in info["curve"]:
             tracking.log_epoch({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         tracking.log_metrics(metrics)

@@ -1,6 +1,7 @@
 """One small training loop reused by every gradient-trained model.
 
-A model provides `calculate_loss(batch) -> torch.Tensor`. `fit()` runs epochs with a progress bar, one log line per
+A model provides `calculate_loss(batch) -> torch.Tensor` (or the caller passes `loss_fn`, e.g. the DDP loss path of
+:mod:`m6rec.training.distributed`). `fit()` runs epochs with a progress bar, one log line per
 epoch, periodic validation through a callback, early stopping on that metric, and restores the best weights.
 """
 
@@ -30,14 +31,17 @@ class FitHistory:
 
 
 def train_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                desc: str = "train", progress: bool = True) -> float:
-    """One pass over `batches`; returns the mean loss."""
+                desc: str = "train", progress: bool = True,
+                loss_fn: Callable[[object], torch.Tensor] | None = None) -> float:
+    """One pass over `batches`; returns the mean loss. `loss_fn` (default `model.calculate_loss`) maps a batch to
+    the loss to minimise."""
+    loss_fn = loss_fn if loss_fn is not None else model.calculate_loss
     model.train()
     total, n = 0.0, 0
     batches = list(batches) if not hasattr(batches, "__len__") else batches
     for batch in tqdm(batches, desc=desc, leave=False, disable=not progress, mininterval=1.0):
         optimizer.zero_grad(set_to_none=True)
-        loss = model.calculate_loss(batch)
+        loss = loss_fn(batch)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
@@ -56,6 +60,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     name: str = "model",
+    loss_fn: Callable[[object], torch.Tensor] | None = None,
 ) -> FitHistory:
     """Train for up to `epochs`, validating every `eval_every` epochs; stop after `patience` checks without gain."""
     hist = FitHistory()
@@ -68,7 +73,8 @@ def fit(
         best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, make_batches(epoch), optimizer, desc=f"{name} epoch {epoch}", progress=progress)
+        loss = train_epoch(model, make_batches(epoch), optimizer, desc=f"{name} epoch {epoch}", progress=progress,
+                           loss_fn=loss_fn)
         hist.losses.append(loss)
         hist.epochs = epoch
         record = {"loss": loss, "epoch_s": time.perf_counter() - t0}
