@@ -42,6 +42,16 @@ TINY_OVERRIDES: dict[str, Any] = {
     "pretrain.eval_every": 1,
     "pretrain.embedding_dim": 16,
     "pretrain.num_layers": 2,
+    "multitask.domains": ["ml-latest-small"],  # the finetune target below stays out of multi-task training
+    "multitask.epochs": 1,
+    "multitask.max_len": 20,
+    "multitask.n_interests": 2,
+    "multitask.hidden": 16,
+    "multitask.valid_users": 0,
+    "finetune.domains": ["amazon-office"],
+    "finetune.fractions": [0.5, 1.0],
+    "finetune.epochs": 1,
+    "finetune.examples_per_user": 5,
     "airflow.retries": 0,
 }
 
