@@ -207,22 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     prepared = load_prepared(cfg.in_dir)
     source, info = load_checkpoint(Path(cfg.multitask_dir) / CHECKPOINT)
     items = load_pretrained(cfg.pretrain_dir, cfg.graph_dir)
-    metrics: dict[str, dict] = {}
-    for domain in cfg.domains:
-        if cfg.target_items == "pretrained" and domain not in items.source_domains:
-            log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
-        data = domain_data(prepared, domain)
-        metrics[domain], model = run_target(source, items, data, cfg, ev)
-        if model is not None:
-            save_checkpoint(Path(cfg.out_dir) / domain / CHECKPOINT, model, args=model.config(),
-                            params={"finetune": asdict(cfg), "evaluate": asdict(ev)},
-                            meta={"domain": domain, "mode": cfg.save_mode, "fraction": max(cfg.fractions),
-                                  "source": str(Path(cfg.multitask_dir) / CHECKPOINT),
-                                  "source_domains": list(source.domains), "encoder": items.encoder})
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # a declared output even when no model is saved
-    for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics, cfg.fractions))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    from m6rec import tracking
+
+    with tracking.start_run("finetune", {"finetune": asdict(cfg), "evaluate": asdict(ev)},
+                            data_paths=[cfg.in_dir, cfg.multitask_dir]):
+        metrics: dict[str, dict] = {}
+        for domain in cfg.domains:
+            if cfg.target_items == "pretrained" and domain not in items.source_domains:
+                log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
+            data = domain_data(prepared, domain)
+            metrics[domain], model = run_target(source, items, data, cfg, ev)
+            if model is not None:
+                save_checkpoint(Path(cfg.out_dir) / domain / CHECKPOINT, model, args=model.config(),
+                                params={"finetune": asdict(cfg), "evaluate": asdict(ev)},
+                                meta={"domain": domain, "mode": cfg.save_mode, "fraction": max(cfg.fractions),
+                                      "source": str(Path(cfg.multitask_dir) / CHECKPOINT),
+                                      "source_domains": list(source.domains), "encoder": items.encoder})
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # a declared output even when no model is saved
+        for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics, cfg.fractions))):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        tracking.log_metrics(metrics)
+        tracking.log_artifact(cfg.metrics)
     log.info("finetune done in %.1fs -> %s", time.perf_counter() - t0, cfg.metrics)
     return 0
 

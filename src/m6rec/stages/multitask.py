@@ -691,17 +691,25 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("multitask domains %s were not pretraining domains: their item vectors are text only", unseen)
     datas = {d: domain_data(prepared, d) for d in domains}
     t0 = time.perf_counter()
-    model, metrics, explanations = run(items, datas, cfg, ev, ordered=ordered_domains(prepared.meta, domains))
-    out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(),
-                          params={"multitask": asdict(cfg), "evaluate": asdict(ev)},
-                          meta={"domains": domains, "variant": cfg.save_variant, "encoder": items.encoder,
-                                "ordered": ordered_domains(prepared.meta, domains),
-                                "pretrain_source_domains": list(items.source_domains)})
-    outputs = ((cfg.metrics, json.dumps(metrics, indent=2)), (cfg.plot, json.dumps(plot_rows(metrics), indent=2)),
-               (cfg.explanations, explanations_markdown(explanations, cfg.save_variant)))
-    for path, text in outputs:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+    from m6rec import tracking
+
+    with tracking.start_run("multitask", {"multitask": asdict(cfg), "evaluate": asdict(ev)},
+                            data_paths=[cfg.in_dir, cfg.pretrain_dir]):
+        model, metrics, explanations = run(items, datas, cfg, ev, ordered=ordered_domains(prepared.meta, domains))
+        out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(),
+                              params={"multitask": asdict(cfg), "evaluate": asdict(ev)},
+                              meta={"domains": domains, "variant": cfg.save_variant, "encoder": items.encoder,
+                                    "ordered": ordered_domains(prepared.meta, domains),
+                                    "pretrain_source_domains": list(items.source_domains)})
+        outputs = ((cfg.metrics, json.dumps(metrics, indent=2)),
+                   (cfg.plot, json.dumps(plot_rows(metrics), indent=2)),
+                   (cfg.explanations, explanations_markdown(explanations, cfg.save_variant)))
+        for path, text in outputs:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        tracking.log_metrics(metrics)
+        tracking.log_artifact(cfg.metrics)
+        tracking.log_artifact(cfg.explanations)
     log.info("multitask done in %.1fs -> %s, %s, %s", time.perf_counter() - t0, out, cfg.metrics, cfg.explanations)
     return 0
 
