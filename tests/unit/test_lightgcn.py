@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from m6rec.data.dataset import global_offsets
-from m6rec.graph.build import build_graph, graph_from_edges, load_graph, normalized_adjacency, save_graph
+from m6rec.graph.build import build_graph, graph_from_edges, load_graph, save_graph
 from m6rec.graph.sampling import DomainNegativeSampler
 from m6rec.models.lightgcn import SymmetricSparseMM, TextLightGCN
 from m6rec.stages.pretrain import negative_pools

@@ -6,7 +6,6 @@ plot table of test NDCG@10 by model per domain. These are the floor every later 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -16,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m6rec.config import load_params, section
+from m6rec.config import section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.evaluation.protocol import EvaluateParams, evaluate_domain, evaluate_ratings, evaluate_split
-from m6rec.log import setup_logging
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
 from m6rec.models.mf import BPRMF, BiasedALS, PureSVD
@@ -28,6 +26,7 @@ from m6rec.runtime import set_threads
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.loop import fit
 from m6rec.training.sampling import BPRSampler
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +157,9 @@ def export_mf_bundle(path: Path, prepared, datas: dict[str, DomainData], factors
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
+    params = stage_params(argv, __doc__)
     from m6rec import tracking
 
-    params = load_params(args.params)
     cfg = section(params, "baselines", BaselinesParams)
     ev = section(params, "evaluate", EvaluateParams)
     set_threads()

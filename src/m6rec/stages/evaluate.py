@@ -7,14 +7,13 @@ a plot table (test metric by domain and model) and a Markdown report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
-from m6rec.config import load_params, section
+from m6rec.config import section
 from m6rec.evaluation.protocol import EvaluateParams
-from m6rec.log import setup_logging
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,8 @@ def report_markdown(summary: dict[str, dict], metric: str, reference: str) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = section(load_params(args.params), "evaluate", EvaluateParams)
+    params = stage_params(argv, __doc__)
+    cfg = section(params, "evaluate", EvaluateParams)
     files = {}
     for path in cfg.inputs:
         p = Path(path)

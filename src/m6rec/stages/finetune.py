@@ -30,7 +30,6 @@ fraction).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -40,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m6rec.config import ConfigError, load_params, section
+from m6rec.config import ConfigError, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
-from m6rec.log import setup_logging
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.runtime import set_threads
 from m6rec.evaluation.protocol import EvaluateParams
 from m6rec.stages.multitask import (PretrainedItems, TrainConfig, check_domains, evaluate_model, load_pretrained,
                                     rating_stats, train_config, train_model)
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +194,7 @@ def plot_rows(metrics: dict[str, dict], fractions: tuple[float, ...], metric: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params(args.params)
+    params = stage_params(argv, __doc__)
     cfg = section(params, "finetune", FinetuneParams)
     ev = section(params, "evaluate", EvaluateParams)
     set_threads()

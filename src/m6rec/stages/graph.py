@@ -6,17 +6,16 @@ CSR) and graph.json, and the node/edge counts to `metrics`. See :mod:`m6rec.grap
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from m6rec.config import load_params, section
+from m6rec.config import section
 from m6rec.data.dataset import load_prepared
 from m6rec.graph.build import build_graph, save_graph
-from m6rec.log import setup_logging
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,8 @@ class GraphParams:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = section(load_params(args.params), "graph", GraphParams)
+    params = stage_params(argv, __doc__)
+    cfg = section(params, "graph", GraphParams)
     t0 = time.perf_counter()
     prepared = load_prepared(cfg.in_dir)
     graph = build_graph(prepared, list(cfg.domains))

@@ -21,7 +21,6 @@ Retrieval-only (``*_st``) variants have no trained rating or like head: their RM
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -33,15 +32,15 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from m6rec.config import ConfigError, load_params, section
+from m6rec.config import ConfigError, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.evaluation.metrics import ranking_metrics, rating_metrics
 from m6rec.evaluation.protocol import EvaluateParams, evaluate_split
-from m6rec.log import setup_logging
 from m6rec.models.multitask import Batch, Catalogue, MultiTaskRecommender
 from m6rec.runtime import set_threads
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.training.loop import fit
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -675,11 +674,7 @@ def plot_rows(metrics: dict[str, dict], metric: str = "ndcg@20") -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params(args.params)
+    params = stage_params(argv, __doc__)
     cfg = section(params, "multitask", MultitaskParams)
     ev = section(params, "evaluate", EvaluateParams)
     set_threads()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -10,13 +9,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from m6rec.config import load_params, section
+from m6rec.config import section
 from m6rec.data import schema
 from m6rec.data.parsers import parse
 from m6rec.data.prepare import SplitParams, canonicalise, combine
 from m6rec.data.sources import load_registry
-from m6rec.log import setup_logging
 from m6rec.stages.download import DataParams
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +65,7 @@ def run(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: PrepareParams) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params(args.params)
+    params = stage_params(argv, __doc__)
     data_cfg = section(params, "data", DataParams)
     cfg = section(params, "prepare", PrepareParams)
     meta = run(Path(data_cfg.raw_dir), Path(cfg.out_dir), Path(data_cfg.registry), cfg)

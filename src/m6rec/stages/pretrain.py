@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path

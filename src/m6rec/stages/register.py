@@ -20,7 +20,6 @@ Writes ``report`` (reports/promotion.json: decision, both figures, versions) and
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -34,11 +33,11 @@ import numpy as np
 import torch
 
 from m6rec import tracking
-from m6rec.config import ConfigError, load_params, section
+from m6rec.config import ConfigError, section
 from m6rec.data.dataset import Prepared, domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate_split
-from m6rec.log import setup_logging
 from m6rec.serving.bundle import Bundle, load_bundle, raw_user_ids, read_meta
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -295,11 +294,7 @@ def _cand_report(c: Candidate) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = load_params(args.params)
+    params = stage_params(argv, __doc__)
     cfg = section(params, "register", RegisterParams)
     report_dir = Path((params.get("validate") or {}).get("report_dir") or "reports/validation")
     run(cfg, report_dir / "summary.json")

@@ -8,7 +8,6 @@ separate persistent DVC output, so a rerun only encodes items whose text changed
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from m6rec.config import load_params, section
+from m6rec.config import section
 from m6rec.data.dataset import Prepared, global_offsets, load_prepared
-from m6rec.log import setup_logging
 from m6rec.models import text as text_model
+from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +115,11 @@ def load_embeddings(folder: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
+    params = stage_params(argv, __doc__)
     text_model.set_offline()  # before anything imports huggingface_hub
     import torch
 
-    cfg = section(load_params(args.params), "text_embeddings", TextEmbeddingsParams)
+    cfg = section(params, "text_embeddings", TextEmbeddingsParams)
     torch.set_num_threads(cfg.num_threads)
     prepared = load_prepared(cfg.in_dir)
     cache_path = Path(cfg.cache_dir) / f"{text_model.cache_name(cfg.encoder, cfg.max_seq_length or None)}.npz"

@@ -8,7 +8,6 @@ deleted: `out_dir` (and everything downstream of it) keeps the last good data. E
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from m6rec.config import ConfigError, load_params, section
+from m6rec.config import ConfigError, section
 from m6rec.data import schema
+from m6rec.stages.cli import stage_params
 from m6rec.data.expectations import (
     Outcome,
     Thresholds,
@@ -31,7 +31,6 @@ from m6rec.data.expectations import (
     failure_messages,
     run_checks,
 )
-from m6rec.log import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +133,9 @@ def run(cfg: ValidateParams, in_dir: Path, out_dir: Path, report_dir: Path) -> O
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
+    params = stage_params(argv, __doc__)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # GX logs every expectation at INFO
-    cfg = section(load_params(args.params), "validate", ValidateParams)
+    cfg = section(params, "validate", ValidateParams)
     in_dir, out_dir, report_dir = Path(cfg.in_dir), Path(cfg.out_dir), Path(cfg.report_dir)
     try:
         outcome = run(cfg, in_dir, out_dir, report_dir)
