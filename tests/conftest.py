@@ -118,7 +118,7 @@ def build_tiny_project(root: Path, overrides: dict[str, Any] | None = None) -> P
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     mirror = data_mirror()
     if not all((mirror / d).is_dir() for d in TINY_DOMAINS):
-        pytest.skip(f"data mirror {mirror} lacks {TINY_DOMAINS} (set $M6REC_DATA_MIRROR)")
+        pytest.fail(f"data mirror {mirror} lacks {TINY_DOMAINS} (set $M6REC_DATA_MIRROR)")
     py, dvc = str(VENV_BIN / "python"), str(VENV_BIN / "dvc")
     run_in(root, dvc, "init", "--no-scm", "-q")
     run_in(root, py, "-m", "m6rec.stages.download", "--offline", "--mirror", str(mirror))

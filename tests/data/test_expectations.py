@@ -43,7 +43,7 @@ def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files (read-only: copy before changing)."""
     raw = mirror()
     if not all((raw / d).is_dir() for d in SMALL_DOMAINS):
-        pytest.skip(f"data mirror {raw} lacks {SMALL_DOMAINS} (set $M6REC_DATA_MIRROR)")
+        pytest.fail(f"data mirror {raw} lacks {SMALL_DOMAINS} (set $M6REC_DATA_MIRROR)")
     out = tmp_path_factory.mktemp("small") / "prepared"
     prepare_run(raw, out, REPO / "config" / "datasets.yaml", PrepareParams(domains=SMALL_DOMAINS, max_users=40))
     return out
@@ -295,7 +295,7 @@ def test_stage_failure_keeps_last_good_data(small_prepared, cfg, tmp_path, caplo
 def raw_copy(tmp_path: Path, dataset: str, files: list[str]) -> Path:
     src = mirror() / dataset
     if not src.is_dir():
-        pytest.skip(f"data mirror lacks {dataset}")
+        pytest.fail(f"data mirror lacks {dataset} (set $M6REC_DATA_MIRROR)")
     dst = tmp_path / "raw" / dataset
     dst.mkdir(parents=True)
     for name in files:

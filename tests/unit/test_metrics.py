@@ -335,8 +335,8 @@ def test_csr_from_pairs() -> None:
         csr_from_pairs(np.array([0, 1]), np.array([0]), 3, 4)
 
 
-@pytest.mark.skipif(not (ML100K / "u1.base").is_file(), reason="ml-100k mirror not available")
 def test_popularity_beats_random_on_ml100k() -> None:
+    assert (ML100K / "u1.base").is_file(), f"ml-100k mirror not found at {ML100K} (set $M6REC_DATA_MIRROR)"
     def load(name: str) -> tuple[np.ndarray, np.ndarray]:
         raw = np.loadtxt(ML100K / name, dtype=np.int64, usecols=(0, 1))
         return raw[:, 0] - 1, raw[:, 1] - 1  # ids are 1-based
