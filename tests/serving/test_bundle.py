@@ -18,6 +18,8 @@ from m6rec.serving.bundle import (
     load_bundle,
     read_meta,
 )
+from tests.serving.conftest import HISTORY_DOMAIN
+from tests.serving.history_bundles import attention_domain
 from tests.serving.svd_bundles import svd_bundle, svd_domain
 
 
@@ -74,7 +76,7 @@ def test_export_load_roundtrip(tiny_prepared, tmp_path):
     path = export_bundle(tmp_path / "b", domains, {"model": "svd4", "encoder": "enc", "metrics": {"x": 1.0}})
     assert not list(tmp_path.glob(".b-*")), "temporary folder left behind"
     meta = read_meta(path)
-    assert meta["model"] == "svd4" and meta["created"] and meta["format_version"] == 1
+    assert meta["model"] == "svd4" and meta["created"] and meta["format_version"] == 2
     assert meta["domains"]["ml-100k"]["text_dim"] == 5 and meta["domains"]["amazon-office"]["text_dim"] == 0
     back = load_bundle(path)
     for name, orig in domains.items():
@@ -145,3 +147,37 @@ def test_seen_is_saved_as_csr(tiny_prepared, tmp_path):
     path = export_bundle(tmp_path / "b", {"amazon-office": d}, {"model": "m"})
     seen = sp.load_npz(path / "amazon-office" / "seen.npz")
     assert seen.format == "csr" and seen.shape == (d.n_users, d.n_items)
+
+
+def test_history_scorer_roundtrip_and_checks(tiny_prepared, history_model, tmp_path):
+    """A history-attention domain: no user vectors, the encoder's weights, recency and every user's history."""
+    model, data = history_model
+    d = attention_domain(tiny_prepared, model, data)
+    assert d.kind == "history" and d.user_vectors is None and d.n_users == data.n_users
+    assert set(d.scorer.weights) == set(model.encoder.state_dict())
+    assert d.scorer.recency.shape == (2, 20) and d.scorer.history.shape == (data.n_users, 20)
+    path = export_bundle(tmp_path / "b", {HISTORY_DOMAIN: d}, {"model": "attention"})
+    meta = read_meta(path)["domains"][HISTORY_DOMAIN]
+    assert meta["scorer"] == "history" and meta["history_scorer"]["pooling"] == "attention"
+    assert not (path / HISTORY_DOMAIN / "user_vectors.npy").exists()
+    back = load_bundle(path).domains[HISTORY_DOMAIN]
+    np.testing.assert_array_equal(back.scorer.history, d.scorer.history)
+    np.testing.assert_array_equal(back.scorer.recency, d.scorer.recency)
+    for name, arr in d.scorer.weights.items():
+        np.testing.assert_array_equal(back.scorer.weights[name], arr)
+
+    with pytest.raises(BundleError, match="exactly one of user_vectors"):
+        DomainBundle(d.item_vectors, np.zeros((d.n_users, d.dim), np.float32), d.popularity, d.seen, d.titles,
+                     d.raw_item, d.raw_user, scorer=d.scorer)
+    with pytest.raises(BundleError, match="exactly one of user_vectors"):
+        DomainBundle(d.item_vectors, None, d.popularity, d.seen, d.titles, d.raw_item, d.raw_user)
+    bad = d.scorer.history.copy()
+    bad[0, -1] = d.n_items
+    with pytest.raises(BundleError, match="outside"):
+        DomainBundle(d.item_vectors, None, d.popularity, d.seen, d.titles, d.raw_item, d.raw_user,
+                     scorer=type(d.scorer)(d.scorer.config, d.scorer.weights, bad, d.scorer.recency))
+    with pytest.raises(BundleError, match=r"history must be \[n_users, 20\]"):
+        type(d.scorer)(d.scorer.config, d.scorer.weights, d.scorer.history[:, :5])
+    (path / HISTORY_DOMAIN / "history_scorer.npz").unlink()
+    with pytest.raises(BundleError, match="history_scorer.npz"):
+        load_bundle(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from m6rec.serving.bundle import Bundle, load_bundle
 from m6rec.serving.encoder import LazyEncoder
@@ -15,7 +16,7 @@ from m6rec.serving.recommender import (
     RequestError,
     register_explainer,
 )
-from tests.serving.conftest import PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
+from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +185,8 @@ def test_explainer_hook(bundle):
         out = rec.explain(TEXT_DOMAIN, b.raw_user[0], b.raw_item[0], n=2)
         assert out["method"] == "first-seen"
         assert out["history"] == [b.raw_item[i] for i in b.seen.indices[:2]]
-        with pytest.raises(ValueError, match="explainer 'attention'"):
-            Recommender(Bundle(meta={**bundle.meta, "explainer": "attention"}, domains=bundle.domains))
+        with pytest.raises(ValueError, match="explainer 'no-such-explainer'"):
+            Recommender(Bundle(meta={**bundle.meta, "explainer": "no-such-explainer"}, domains=bundle.domains))
     finally:
         EXPLAINERS.pop("first-seen")
 
@@ -196,3 +197,68 @@ def test_metadata(rec, bundle):
     assert meta["domains"][TEXT_DOMAIN]["text"] and not meta["domains"][PLAIN_DOMAIN]["text"]
     assert meta["domains"][PLAIN_DOMAIN]["n_items"] == bundle.domains[PLAIN_DOMAIN].n_items
     assert meta["data_version"] == bundle.meta["data_version"]
+    assert meta["domains"][HISTORY_DOMAIN]["scorer"] == "history" and meta["domains"][TEXT_DOMAIN]["scorer"] == "dot"
+
+
+# ---- a domain scored by history attention --------------------------------------------------------------------------
+def _model_history(model, data, u: int) -> torch.Tensor:
+    from m6rec.data.sequences import split_histories
+
+    return torch.from_numpy(split_histories(data, model.encoder.max_len)["test"][u:u + 1])
+
+
+def test_history_domain_recommends_what_the_model_scores(rec, bundle, history_model):
+    model, data = history_model
+    b = bundle.domains[HISTORY_DOMAIN]
+    assert b.kind == "history" and b.user_vectors is None
+    for u in (0, 9, b.n_users - 1):
+        want = model.score(0, _model_history(model, data, u)).scores[0].numpy().astype(np.float64)
+        seen = b.seen.indices[b.seen.indptr[u]:b.seen.indptr[u + 1]]
+        out = rec.recommend(HISTORY_DOMAIN, b.raw_user[u], k=10)
+        np.testing.assert_allclose(out["scores"], want[numpy_top(want, 10, seen)], rtol=1e-5, atol=1e-6)
+        assert not set(index_of(b, out["items"])) & set(seen.tolist())
+        batched = rec.recommend_batch([RecommendQuery(HISTORY_DOMAIN, b.raw_user[u], 10),
+                                       RecommendQuery(HISTORY_DOMAIN, b.raw_user[0], 3)])[0]
+        assert_same_listing(batched, out)
+
+
+def test_history_domain_explains_by_the_model_attention(rec, bundle, history_model):
+    """explain's weights are the attention of that item on the user's history: the model's own w_ij."""
+    model, data = history_model
+    b = bundle.domains[HISTORY_DOMAIN]
+    lengths = (b.scorer.history >= 0).sum(1)
+    u = int(np.argmax(lengths >= 4))
+    hist = _model_history(model, data, u)
+    order = torch.argsort(rec.domains[HISTORY_DOMAIN].scorer.users(torch.tensor([u]))[0], descending=True)
+    for item in (b.raw_item[int(order[0])], b.raw_item[int(order[1])], b.raw_item[int(order[-1])]):  # best 2, worst
+        i = index_of(b, [item])[0]
+        out = rec.explain(HISTORY_DOMAIN, b.raw_user[u], item, n=int(lengths[u]))
+        pair = model.predict_pairs(0, hist, torch.tensor([i]))
+        assert out["method"] == "attention"
+        assert out["score"] == pytest.approx(float(pair["score"][0]), abs=1e-5)
+        cols = torch.nonzero(hist[0] >= 0).view(-1)
+        want = {b.raw_item[int(hist[0, c])]: float(pair["attention"][0, c]) for c in cols}
+        got = dict(zip(out["history"], out["weights"], strict=True))
+        assert got == pytest.approx(want, abs=1e-6)
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+        assert out["weights"] == sorted(out["weights"], reverse=True)
+        assert len(rec.explain(HISTORY_DOMAIN, b.raw_user[u], item, n=2)["history"]) == 2
+
+
+def test_history_domain_recommends_from_an_anonymous_history(rec, bundle, history_model):
+    """An anonymous user's items go through the same attention: scores equal the model's on that history."""
+    model, _ = history_model
+    b = bundle.domains[HISTORY_DOMAIN]
+    items = [int(i) for i in np.argsort(-b.popularity, kind="stable")[:3]]
+    out = rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items], k=10)
+    hist = torch.full((1, model.encoder.max_len), -1, dtype=torch.int64)
+    hist[0, -len(items):] = torch.tensor(items)
+    want = model.score(0, hist).scores[0].numpy().astype(np.float64)
+    np.testing.assert_allclose(out["scores"], want[numpy_top(want, 10, items)], rtol=1e-5, atol=1e-6)
+    assert not set(index_of(b, out["items"])) & set(items)
+    # Order matters to a recency-aware model: the same items in reverse order score differently.
+    reverse = rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items[::-1]], k=10)
+    assert reverse["scores"] != out["scores"]
+    with pytest.raises(RequestError, match="no text projection") as err:
+        rec.recommend_items(HISTORY_DOMAIN, text="a stapler")
+    assert err.value.field == "text"

@@ -14,7 +14,7 @@ from m6rec.serving.bundle import export_bundle, load_bundle
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.local_server import LocalServer
 from m6rec.serving.recommender import Recommender
-from tests.serving.conftest import PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
+from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
 from tests.serving.svd_bundles import svd_bundle
 
 MAX_K = 50
@@ -67,7 +67,7 @@ def test_health_ready_metadata(server, registry, serving_bundle_dir):
     assert post(server, "health").json() == {"status": "ok"}
     ready = post(server, "ready").json()
     assert ready["ready"] and ready["version"] == registry["v1"]
-    assert ready["domains"] == sorted([TEXT_DOMAIN, PLAIN_DOMAIN])
+    assert ready["domains"] == sorted([TEXT_DOMAIN, PLAIN_DOMAIN, HISTORY_DOMAIN])
     assert not ready["encoder_loaded"]  # lazily loaded: start-up does not pay for it
     meta = post(server, "metadata").json()
     bundle_meta = json.loads((serving_bundle_dir / "bundle.json").read_text())
@@ -162,6 +162,29 @@ def test_similar_items_and_explain(server, local):
     got = r.json()
     assert got["history"] == want["history"] and got["method"] == "similarity" and len(got["history"]) == 5
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+
+
+def test_history_attention_domain_over_http(server, local):
+    """The attention model's domain: recommendations, the attention behind one, and an anonymous history."""
+    b = local.domains[HISTORY_DOMAIN].bundle
+    u = int(np.argmax((b.scorer.history >= 0).sum(1) >= 3))
+    user = b.raw_user[u]
+    r = post(server, "recommend", {"domain": HISTORY_DOMAIN, "user": user, "k": 5})
+    assert r.status_code == 200, r.text
+    assert_same_listing(r.json(), local.recommend(HISTORY_DOMAIN, user, k=5))
+    top = r.json()["items"][0]
+    r = post(server, "explain", {"domain": HISTORY_DOMAIN, "user": user, "item": top, "n": 3})
+    assert r.status_code == 200, r.text
+    got, want = r.json(), local.explain(HISTORY_DOMAIN, user, top, n=3)
+    assert got["method"] == "attention" and got["history"] == want["history"] and len(got["history"]) == 3
+    np.testing.assert_allclose(got["weights"], want["weights"], rtol=1e-5)
+    best = post(server, "recommend", {"domain": HISTORY_DOMAIN, "user": user, "k": 1}).json()["scores"][0]
+    np.testing.assert_allclose(got["score"], best, rtol=1e-5, atol=1e-6)  # the score that ranked it first
+    assert 0 < sum(got["weights"]) <= 1 + 1e-6  # the top 3 of a distribution over the whole history
+    liked = [b.raw_item[i] for i in b.scorer.history[u][b.scorer.history[u] >= 0][-3:]]
+    r = post(server, "recommend_items", {"domain": HISTORY_DOMAIN, "items": liked, "k": 6})
+    assert r.status_code == 200, r.text
+    assert_same_listing(r.json(), local.recommend_items(HISTORY_DOMAIN, liked, k=6))
 
 
 BAD_INPUT = [

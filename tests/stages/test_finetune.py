@@ -74,6 +74,30 @@ def test_saved_model_is_the_full_fine_tune_on_all_users(project: Path):
     assert info["params"]["finetune"]["epochs"] == FAST["epochs"]
 
 
+def test_family_bundle_serves_source_domains_and_the_fine_tuned_target(project: Path, parts):
+    """models/finetune/bundle = the multi-task bundle's domain + the fine-tuned target, each with its own attention,
+    and its metrics are the runs' (so the register stage can gate it on them)."""
+    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.recommender import Recommender
+
+    family = load_bundle(project / "finetune" / "bundle")
+    source_bundle = load_bundle(project / "multitask" / "bundle")
+    assert set(family.domains) == {SOURCE, TARGET} and family.meta["model"] == "attention_mt-finetune-full"
+    np.testing.assert_array_equal(family.domains[SOURCE].item_vectors, source_bundle.domains[SOURCE].item_vectors)
+    runs = json.loads((project / "metrics" / "finetune.json").read_text())[TARGET]
+    assert family.meta["metrics"][TARGET]["valid"] == runs["full@1"]["valid"]
+    assert family.meta["metrics"][SOURCE] == source_bundle.meta["metrics"][SOURCE]
+    saved, _ = load_checkpoint(project / "finetune" / TARGET / finetune.CHECKPOINT)
+    _, _, data = parts
+    hist = torch.from_numpy(multitask.split_histories(data, saved.encoder.max_len)["test"])
+    u = int(torch.nonzero((hist >= 0).sum(1) >= 2).view(-1)[0])
+    target = family.domains[TARGET]
+    scores = Recommender(family).domains[TARGET].scorer.users(torch.tensor([u]))
+    torch.testing.assert_close(scores, saved.score(0, hist[u:u + 1]).scores)
+    # The target's attention weights are the fine-tuned ones, not the source's.
+    assert not np.allclose(target.scorer.weights["key.weight"], family.domains[SOURCE].scorer.weights["key.weight"])
+
+
 def test_user_subsets_are_seeded_nested_and_sized(parts):
     _, _, data = parts
     eligible = np.flatnonzero(np.diff(data.train.indptr) >= 2)

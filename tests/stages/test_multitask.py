@@ -49,13 +49,15 @@ def params_for(root: Path, multitask_domains: list[str], finetune: dict | None =
                       "metrics": str(root / "metrics" / "multitask.json"),
                       "plot": str(root / "plots" / "multitask.json"),
                       "explanations": str(root / "reports" / "explanations.md"),
-                      "domains": multitask_domains, **FAST},
+                      "bundle": str(root / "multitask" / "bundle"), "domains": multitask_domains, **FAST},
     }
     if finetune is not None:
         params["finetune"] = {"in_dir": str(root / "validated"), "pretrain_dir": str(root / "pretrain"),
                               "graph_dir": str(root / "graph"), "multitask_dir": str(root / "multitask"),
                               "out_dir": str(root / "finetune"), "metrics": str(root / "metrics" / "finetune.json"),
-                              "plot": str(root / "plots" / "finetune.json"), **finetune}
+                              "plot": str(root / "plots" / "finetune.json"),
+                              "source_bundle": str(root / "multitask" / "bundle"),
+                              "bundle": str(root / "finetune" / "bundle"), **finetune}
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path
@@ -175,3 +177,38 @@ def test_bad_variant_names_are_refused(pretrained: Path):
     with pytest.raises(ConfigError, match="save_variant"):
         multitask.run(items, datas, multitask.MultitaskParams(variants=("mean_st",)), EvaluateParams(),
                       progress=False)
+
+
+def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
+    """The exported bundle, served in-process, reproduces the model's test-time scores and attention exactly."""
+    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.recommender import Recommender
+
+    bundle = load_bundle(stage_run / "multitask" / "bundle")
+    written = json.loads((stage_run / "metrics" / "multitask.json").read_text())
+    assert bundle.meta["model"] == "attention_mt" and set(bundle.domains) == set(DOMAINS)
+    assert bundle.meta["metrics"]["ml-100k"]["valid"] == written["ml-100k"]["attention_mt"]["valid"]
+    model, _ = load_checkpoint(stage_run / "multitask" / multitask.CHECKPOINT)
+    prepared = load_prepared(stage_run / "validated")
+    rec = Recommender(bundle)
+    for d in DOMAINS:
+        data = domain_data(prepared, d)
+        b = bundle.domains[d]
+        assert b.kind == "history" and b.n_users == data.n_users and b.text_projection is not None
+        k = model.domain_index(d)
+        hist = torch.from_numpy(multitask.split_histories(data, model.encoder.max_len)["test"])
+        users = torch.nonzero((hist >= 0).sum(1) >= 3).view(-1)[:5]
+        scored = model.score(k, hist[users])
+        for row, u in enumerate(users.tolist()):
+            out = rec.recommend(d, b.raw_user[u], k=5)
+            want = scored.scores[row].clone()
+            seen = torch.from_numpy((data.train + data.valid)[u].indices.astype(np.int64))
+            want[seen] = float("-inf")
+            np.testing.assert_allclose(out["scores"], torch.topk(want, 5).values.numpy(), rtol=1e-5, atol=1e-5)
+            top = b.raw_item.index(out["items"][0])
+            why = rec.explain(d, b.raw_user[u], out["items"][0], n=50)
+            assert why["method"] == "attention" and why["score"] == pytest.approx(out["scores"][0], abs=1e-5)
+            attention = model.predict_pairs(k, hist[u:u + 1], torch.tensor([top]))["attention"][0]
+            expected = {int(hist[u, j]): float(attention[j]) for j in torch.nonzero(hist[u] >= 0).view(-1)}
+            got = {b.raw_item.index(i): w for i, w in zip(why["history"], why["weights"], strict=True)}
+            assert got == pytest.approx(expected, abs=1e-6) and sum(got.values()) == pytest.approx(1.0, abs=1e-5)

@@ -68,7 +68,9 @@ def test_parse_metric_and_params_are_checked():
     with pytest.raises(ConfigError, match="register.metric"):
         RegisterParams(metric="ndcg@20")
     with pytest.raises(ConfigError, match="candidates\\[0\\]"):
-        RegisterParams(candidates=({"bundle": "x"},))
+        RegisterParams(candidates=({"metrics": "x"},))
+    with pytest.raises(ConfigError, match="candidates\\[1\\]"):
+        RegisterParams(candidates=({"bundle": "x"}, {"bundle": "y", "metric": "typo"}))
     with pytest.raises(ConfigError, match="margin"):
         RegisterParams(margin=-1.0)
 
@@ -167,3 +169,34 @@ def test_main_reads_params_and_validate_report_dir(project):
     report = json.loads((root / "reports" / "main.json").read_text())
     assert report["data_checks_passed"] is True  # read from validate.report_dir, not the default folder
     assert report["decision"] == "kept"
+
+
+def test_history_model_is_gated_on_its_own_scores(project):
+    """A history-attention bundle without a metrics file: its figure comes from the bundle's meta; re-evaluated on
+    changed data it reproduces the model's own validation figure, i.e. its histories are rebuilt from the data as
+    the protocol says (training items only for valid), not taken from the bundle (train + valid)."""
+    from m6rec.data.dataset import load_prepared
+    from m6rec.stages.multitask import evaluate_model, train_config
+    from tests.serving.history_bundles import FAST, attention_domain, attention_model
+
+    root = project["root"]
+    domain = "amazon-office"
+    prepared = load_prepared(root / "data" / "validated")
+    model, data = attention_model(prepared, domain)
+    figure = evaluate_model(model, {domain: data}, ("valid",), (20,), train_config(FAST), FAST.max_len,
+                            pairs=False)[domain]["valid"]["ndcg@20"]
+    export_bundle(root / "models" / "attention", {domain: attention_domain(prepared, model, data)},
+                  {"model": "attention", "data_version": project["version"],
+                   "metrics": {domain: {"valid": {"ndcg@20": figure}}}})
+    params = RegisterParams(candidates=({"bundle": "models/attention"},), metric=METRIC, domains=(domain,),
+                            model_name="m6rec-history")
+    first = register.run(params, checks(root, True))
+    assert first["promoted"] and first["candidate"]["source"] == "bundle-meta"
+    assert first["candidate"]["value"] == pytest.approx(figure) and first["candidate"]["metrics_file"] is None
+
+    assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]  # from the test above
+    again = register.run(RegisterParams(**{**params.__dict__, "data_dir": "data/validated-v2"}), checks(root, True))
+    assert again["candidate"]["source"] == "re-evaluated" and again["champion_before"]["source"] == "re-evaluated"
+    assert again["candidate"]["value"] == pytest.approx(figure, abs=1e-6)
+    assert again["champion_before"]["value"] == pytest.approx(figure, abs=1e-6)
+    assert not again["promoted"]  # a tie keeps the champion

@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score
 from m6rec.data.dataset import domain_data
 from m6rec.evaluation.protocol import EvaluateParams
 from m6rec.models.attention import HistoryAttention
-from m6rec.stages.multitask import (MultitaskParams, architecture, build_model, split_histories, svd_items,
-                                    train_config, train_model)
+from m6rec.data.sequences import split_histories
+from m6rec.stages.multitask import (MultitaskParams, architecture, build_model, svd_items, train_config,
+                                    train_model)
 
 DIM, LEN = 16, 20
 

@@ -1,17 +1,27 @@
 """The serving bundle: everything the recommender service needs from a trained model, as plain arrays.
 
 Every candidate model exports one bundle (``export_bundle``); the register stage logs it to MLflow and the
-BentoML service loads it (``load_bundle``). Scoring is a dot product: ``score(u, i) = user_vectors[u] @
-item_vectors[i]``, so any model whose scores factorise that way (MF, LightGCN, PureSVD, ...) fits as is; a model
-that scores otherwise exports the vectors it would rank with. Nothing is pickled: arrays are ``.npy`` / ``.npz``
-(loaded with ``allow_pickle=False``) and everything else is JSON.
+BentoML service loads it (``load_bundle``). A domain scores users in one of two ways:
+
+* ``dot``: ``score(u, i) = user_vectors[u] @ item_vectors[i]``; any model whose scores factorise that way (MF,
+  LightGCN, PureSVD, ...) exports its two matrices;
+* ``history``: a user is their recent items, pooled by :class:`m6rec.models.attention.HistoryAttention` (multi-interest
+  target attention or a mean): the bundle holds each user's history and the pooling's weights, and
+  :mod:`m6rec.serving.scoring` rebuilds the module, so that serving scores exactly as the model did in evaluation and
+  can show the attention behind a recommendation.
+
+Nothing is pickled: arrays are ``.npy`` / ``.npz`` (loaded with ``allow_pickle=False``) and everything else is JSON.
 
 Layout of a bundle folder::
 
     bundle.json                       format version, model, metrics, data_version, encoder, created, and
                                       per domain: n_users, n_items, dim, text_dim (0 without text vectors)
     <domain>/item_vectors.npy         float32 [n_items, d]
-    <domain>/user_vectors.npy         float32 [n_users, d]
+    <domain>/user_vectors.npy         float32 [n_users, d] (dot scorer)
+    <domain>/history_scorer.npz       (history scorer) ``history`` int64 [n_users, L]: each user's last L items, oldest
+                                      first, right-aligned, -1 padded; ``recency`` [K, L] (optional); every other key
+                                      is a HistoryAttention state-dict entry; its constructor arguments are
+                                      bundle.json's ``domains.<domain>.history_scorer``
     <domain>/popularity.npy           float32 [n_items]: train interactions per item (fallback ranking)
     <domain>/seen.npz                 scipy csr [n_users, n_items], train + valid items of each user (masked)
     <domain>/ids.json                 {"raw_item": [...], "title": [...], "raw_user": [...]} (source ids, display)
@@ -48,7 +58,7 @@ if TYPE_CHECKING:  # the service loads bundles without pandas: keep its start-up
     from m6rec.data.dataset import DomainData, Prepared
 
 FORMAT = "m6rec-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional history scorer (1: dot products only; still read)
 META_FILE = "bundle.json"
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -75,11 +85,47 @@ class TextProjection:
 
 
 @dataclass(frozen=True, eq=False)
+class HistoryScorer:
+    """Users scored from their recent items by a :class:`m6rec.models.attention.HistoryAttention`.
+
+    ``config``: its constructor arguments (``dim``, ``n_interests``, ``max_len``, ``pooling``, ``hidden``);
+    ``weights``: its state dict as float32 arrays; ``recency``: the domain's recency bias ``[K, max_len]`` (None
+    without one); ``history``: int64 ``[n_users, max_len]``, each user's items oldest first, right-aligned, -1 padded.
+    """
+
+    config: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    history: np.ndarray
+    recency: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        missing = sorted({"dim", "n_interests", "max_len", "pooling"} - set(self.config))
+        if missing:
+            raise BundleError(f"history_scorer config lacks {missing}")
+        length = int(self.config["max_len"])
+        if self.history.ndim != 2 or self.history.shape[1] != length:
+            raise BundleError(f"history_scorer.history must be [n_users, {length}], got {self.history.shape}")
+        if not np.issubdtype(self.history.dtype, np.integer):
+            raise BundleError(f"history_scorer.history must hold integer item indices, got {self.history.dtype}")
+        if self.recency is not None and (self.recency.ndim != 2 or self.recency.shape[1] != length):
+            raise BundleError(f"history_scorer.recency must be [K, {length}], got {self.recency.shape}")
+        for name, arr in self.weights.items():
+            if name in _SCORER_RESERVED:
+                raise BundleError(f"history_scorer weight name {name!r} is reserved")
+            if not np.isfinite(arr).all():
+                raise BundleError(f"history_scorer weight {name} holds NaN or inf values")
+
+
+_SCORER_RESERVED = ("history", "recency")
+
+
+@dataclass(frozen=True, eq=False)
 class DomainBundle:
-    """One domain's serving arrays (shapes checked on construction)."""
+    """One domain's serving arrays (shapes checked on construction). Exactly one of ``user_vectors`` (dot scorer)
+    and ``scorer`` (history scorer) is given."""
 
     item_vectors: np.ndarray  # float32 [n_items, d]
-    user_vectors: np.ndarray  # float32 [n_users, d]
+    user_vectors: np.ndarray | None  # float32 [n_users, d]; None with a history scorer
     popularity: np.ndarray  # float32 [n_items]
     seen: sp.csr_matrix  # [n_users, n_items], train + valid
     titles: tuple[str, ...]  # [n_items]
@@ -87,12 +133,23 @@ class DomainBundle:
     raw_user: tuple[str, ...]  # [n_users]
     item_text_vectors: np.ndarray | None = None  # float32 [n_items, text_dim]
     text_projection: TextProjection | None = None
+    scorer: HistoryScorer | None = None
 
     def __post_init__(self) -> None:
         n_items, d = _shape2(self.item_vectors, "item_vectors")
-        n_users, du = _shape2(self.user_vectors, "user_vectors")
-        if du != d:
-            raise BundleError(f"user_vectors has dim {du} but item_vectors has dim {d}")
+        if (self.user_vectors is None) == (self.scorer is None):
+            raise BundleError("a domain needs exactly one of user_vectors (dot scorer) and scorer (history scorer)")
+        if self.scorer is None:
+            n_users, du = _shape2(self.user_vectors, "user_vectors")
+            if du != d:
+                raise BundleError(f"user_vectors has dim {du} but item_vectors has dim {d}")
+        else:
+            n_users = int(self.scorer.history.shape[0])
+            if int(self.scorer.config["dim"]) != d:
+                raise BundleError(f"history_scorer dim {self.scorer.config['dim']} != item_vectors dim {d}")
+            hist = self.scorer.history
+            if hist.size and (hist.max() >= n_items or hist.min() < -1):
+                raise BundleError(f"history_scorer.history holds item indices outside [-1, {n_items})")
         checks = [
             ("popularity", self.popularity.shape, (n_items,)),
             ("seen", self.seen.shape, (n_users, n_items)),
@@ -121,7 +178,14 @@ class DomainBundle:
 
     @property
     def n_users(self) -> int:
+        if self.scorer is not None:
+            return int(self.scorer.history.shape[0])
         return int(self.user_vectors.shape[0])
+
+    @property
+    def kind(self) -> str:
+        """How users are scored: ``"dot"`` or ``"history"``."""
+        return "dot" if self.scorer is None else "history"
 
     @property
     def dim(self) -> int:
@@ -178,17 +242,18 @@ def raw_user_ids(prepared: Prepared, domain: str) -> tuple[str, ...]:
 
 
 def make_domain_bundle(data: DomainData, raw_user: Sequence[str], item_vectors: np.ndarray,
-                       user_vectors: np.ndarray, item_text_vectors: np.ndarray | None = None,
+                       user_vectors: np.ndarray | None, item_text_vectors: np.ndarray | None = None,
                        text_projection: TextProjection | None = None,
-                       ridge_alpha: float = 1.0) -> DomainBundle:
-    """A DomainBundle from a model's vectors and the domain's data.
+                       ridge_alpha: float = 1.0, scorer: HistoryScorer | None = None) -> DomainBundle:
+    """A DomainBundle from a model's vectors (``user_vectors``, or a history ``scorer``) and the domain's data.
 
     Popularity = train counts; seen = train + valid; titles and raw ids from ``data.items`` / ``raw_user``. With
     text vectors and no ``text_projection``, one is fitted with :func:`fit_text_projection` on the items that have
     training interactions (cold and unseen items have no learnt vector to regress onto).
     """
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+    if user_vectors is not None:
+        user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
     popularity = np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32)
     seen = (data.train + data.valid).tocsr()
     seen.data[:] = 1.0
@@ -202,7 +267,7 @@ def make_domain_bundle(data: DomainData, raw_user: Sequence[str], item_vectors: 
         item_vectors=item_vectors, user_vectors=user_vectors, popularity=popularity, seen=seen,
         titles=tuple(data.items["title"].fillna("").astype(str)),
         raw_item=tuple(data.items["raw_item"].astype(str)), raw_user=tuple(str(u) for u in raw_user),
-        item_text_vectors=item_text_vectors, text_projection=text_projection,
+        item_text_vectors=item_text_vectors, text_projection=text_projection, scorer=scorer,
     )
 
 
@@ -231,7 +296,8 @@ def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: M
         "domains": {
             name: {"n_users": d.n_users, "n_items": d.n_items, "dim": d.dim, "text_dim": d.text_dim,
                    "has_text_vectors": d.item_text_vectors is not None,
-                   "has_text_projection": d.text_projection is not None}
+                   "has_text_projection": d.text_projection is not None, "scorer": d.kind,
+                   **({"history_scorer": dict(d.scorer.config)} if d.scorer is not None else {})}
             for name, d in domains.items()
         },
     }
@@ -243,7 +309,12 @@ def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: M
             folder = tmp / name
             folder.mkdir()
             np.save(folder / "item_vectors.npy", d.item_vectors.astype(np.float32, copy=False))
-            np.save(folder / "user_vectors.npy", d.user_vectors.astype(np.float32, copy=False))
+            if d.scorer is None:
+                np.save(folder / "user_vectors.npy", d.user_vectors.astype(np.float32, copy=False))
+            else:
+                extra = {} if d.scorer.recency is None else {"recency": d.scorer.recency.astype(np.float32)}
+                np.savez(folder / "history_scorer.npz", history=d.scorer.history.astype(np.int64), **extra,
+                         **{k: np.asarray(v, dtype=np.float32) for k, v in d.scorer.weights.items()})
             np.save(folder / "popularity.npy", d.popularity.astype(np.float32, copy=False))
             sp.save_npz(folder / "seen.npz", sp.csr_matrix(d.seen, dtype=np.float32))
             ids = {"raw_item": list(d.raw_item), "title": list(d.titles), "raw_user": list(d.raw_user)}
@@ -297,6 +368,18 @@ def _load_csr(file: Path) -> sp.csr_matrix:
     return sp.load_npz(file).tocsr()
 
 
+def _load_scorer(file: Path, config: dict[str, Any]) -> HistoryScorer:
+    if not file.is_file():
+        raise BundleError(f"bundle file missing: {file}")
+    with np.load(file, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    if "history" not in arrays:
+        raise BundleError(f"{file} has no 'history' array")
+    history = arrays.pop("history")
+    recency = arrays.pop("recency", None)
+    return HistoryScorer(config=config, weights=arrays, history=history, recency=recency)
+
+
 def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundle:
     """Load the bundle at ``path`` (all domains, or only ``domains``). Shapes are checked against bundle.json."""
     path = Path(path)
@@ -319,10 +402,15 @@ def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundl
                 projection = TextProjection(weight=npz["weight"].astype(np.float32),
                                             bias=npz["bias"].astype(np.float32))
         text_file = folder / "item_text_vectors.npy"
+        want = listed[name]
         try:
+            scorer = None
+            if want.get("scorer", "dot") == "history":
+                scorer = _load_scorer(folder / "history_scorer.npz", want.get("history_scorer") or {})
             d = DomainBundle(
                 item_vectors=_load_array(folder / "item_vectors.npy"),
-                user_vectors=_load_array(folder / "user_vectors.npy"),
+                user_vectors=None if scorer is not None else _load_array(folder / "user_vectors.npy"),
+                scorer=scorer,
                 popularity=_load_array(folder / "popularity.npy"),
                 seen=_load_csr(folder / "seen.npz"),
                 titles=tuple(ids["title"]), raw_item=tuple(ids["raw_item"]), raw_user=tuple(ids["raw_user"]),
@@ -331,7 +419,6 @@ def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundl
             )
         except BundleError as exc:
             raise BundleError(f"bundle {path}, domain {name}: {exc}") from exc
-        want = listed[name]
         if (d.n_users, d.n_items, d.dim) != (want["n_users"], want["n_items"], want["dim"]):
             raise BundleError(f"bundle {path}, domain {name}: arrays are {d.n_users} users x {d.n_items} items x "
                               f"{d.dim} d but {META_FILE} says {want['n_users']} x {want['n_items']} x {want['dim']}")

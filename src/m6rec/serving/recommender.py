@@ -1,13 +1,15 @@
 """Request-time work behind the service: top-k over a bundle's precomputed item matrix, with no HTTP in sight.
 
-Per request: one matrix-vector product ``item_vectors @ q`` (``q`` a user vector, a mean of item vectors, or a
-projected text vector), the user's seen items set to ``-inf``, and one :func:`torch.topk`. Unknown users get the
-most popular items (``fallback="popularity"``). Client mistakes raise :class:`RequestError`, which names the field;
-the service turns it into an HTTP 4xx.
+Per request: the user's scores against the precomputed item matrix (:class:`m6rec.serving.scoring.DomainScorer`:
+one matrix-vector product for a dot-product model, K + 1 of them and a softmax over interests for a history-attention
+model), the user's seen items set to ``-inf``, and one :func:`torch.topk`. Unknown users get the most popular items
+(``fallback="popularity"``). Client mistakes raise :class:`RequestError`, which names the field; the service turns
+it into an HTTP 4xx.
 
-``explain`` goes through an *explainer* chosen by the bundle's ``meta["explainer"]`` (default ``"similarity"``:
-the user's history items ranked by cosine similarity to the target item). A model with its own explanation (e.g.
-attention weights) registers one with :func:`register_explainer` and names it in its bundle meta.
+``explain``: on a domain with a history scorer, the model's own attention of the item on each of the user's history
+items (``method="attention"``); on a dot-product domain, an *explainer* chosen by the bundle's ``meta["explainer"]``
+(default ``"similarity"``: the user's history items ranked by cosine similarity to the target item). Another
+explanation can be registered with :func:`register_explainer` and named in the bundle meta.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from m6rec.serving.bundle import Bundle, DomainBundle
 from m6rec.serving.encoder import LazyEncoder
+from m6rec.serving.scoring import DomainScorer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,8 @@ class DomainIndex:
     def __init__(self, name: str, b: DomainBundle) -> None:
         self.name = name
         self.bundle = b
-        self.items = torch.from_numpy(np.ascontiguousarray(b.item_vectors, dtype=np.float32))
-        self.users = torch.from_numpy(np.ascontiguousarray(b.user_vectors, dtype=np.float32))
+        self.scorer = DomainScorer(b)
+        self.items = self.scorer.items
         norms = self.items.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.items_unit = self.items / norms  # cosine similarity for similar_items / explain
         self.popularity = np.asarray(b.popularity, dtype=np.float32)
@@ -80,10 +83,8 @@ class DomainIndex:
             raise RequestError(field, f"unknown item id {raw!r} in domain {self.name!r}", 404)
         return idx
 
-    def top_k(self, query: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-              unit: bool = False) -> Ranked:
-        """Top-``k`` items for one query vector, ``exclude`` (item indices) masked out."""
-        scores = torch.mv(self.items_unit if unit else self.items, query)
+    def top_k(self, scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> Ranked:
+        """Top-``k`` of one row of item ``scores`` (modified in place), ``exclude`` (item indices) masked out."""
         if exclude is not None and exclude.numel():
             scores[exclude] = _NEG_INF
         k = min(k, self.n_items)
@@ -139,7 +140,7 @@ class Recommender:
         explainer = self.meta.get("explainer", "similarity")
         if explainer not in EXPLAINERS:
             raise ValueError(f"bundle meta names explainer {explainer!r}; known: {sorted(EXPLAINERS)}")
-        self.explainer_name = explainer
+        self.explainer_name = explainer  # dot-product domains; history-scorer domains explain by attention
         self.explainer = EXPLAINERS[explainer]
         has_text = any(d.projection is not None for d in self.domains.values())
         self.encoder = encoder if has_text else None
@@ -201,7 +202,7 @@ class Recommender:
         for domain, rows in groups.items():
             index = self.domains[domain]
             users = [index.user_index[queries[i].user] for i in rows]
-            scores = index.users[users] @ index.items.T
+            scores = index.scorer.users(torch.as_tensor(users, dtype=torch.int64))
             masked = [r for r, i in enumerate(rows) if queries[i].exclude_seen]
             if masked:
                 cols = [index.seen(users[r]) for r in masked]
@@ -222,8 +223,10 @@ class Recommender:
                         k: int = 10) -> dict[str, Any]:
         """Top-k for an anonymous user given item ids and/or free text.
 
-        The query is the mean of the known items' vectors and the projected text vector (the text counts as one
-        item). Unknown item ids are ignored and listed in ``unknown_items``; if nothing usable is left: 400.
+        The items (in the order given, oldest first) and the projected text vector (one more item, the most recent)
+        form a history, scored the way the domain's model scores one (:meth:`DomainScorer.history_scores`: their
+        mean for a dot-product model, the attention pooling for a history model). Unknown item ids are ignored and
+        listed in ``unknown_items``; if nothing usable is left: 400.
         """
         index = self.domain(domain)
         k = self.check_k(k)
@@ -237,14 +240,10 @@ class Recommender:
                 raise RequestError("items", f"none of the {len(unknown)} item id(s) is known in domain {domain!r} "
                                             f"(first: {unknown[:5]}) and no text was given")
             raise RequestError("items", "empty history: give at least one item id or a non-empty text")
-        parts = []
-        if known:
-            parts.append(index.items[torch.as_tensor(known)])
-        if text:
-            parts.append(self._text_vector(index, text).unsqueeze(0))
-        query = torch.cat(parts).mean(dim=0)
+        extra = self._text_vector(index, text).unsqueeze(0) if text else None
+        scores = index.scorer.history_scores(known, extra)
         exclude = torch.as_tensor(sorted(set(known)), dtype=torch.int64) if known else None
-        ranked = index.top_k(query, k, exclude=exclude)
+        ranked = index.top_k(scores, k, exclude=exclude)
         return {"domain": domain, **self._listing(index, ranked), "unknown_items": unknown,
                 "used_text": bool(text)}
 
@@ -264,22 +263,30 @@ class Recommender:
         index = self.domain(domain)
         k = self.check_k(k)
         i = index.item(item, "item")
-        ranked = index.top_k(index.items_unit[i], k, exclude=torch.tensor([i]), unit=True)
+        ranked = index.top_k(torch.mv(index.items_unit, index.items_unit[i]), k, exclude=torch.tensor([i]))
         return {"domain": domain, "item": item, **self._listing(index, ranked)}
 
     def explain(self, domain: str, user: str, item: str, n: int | None = None) -> dict[str, Any]:
-        """Why ``item`` for ``user``: the score and the history items that support it (see the explainer)."""
+        """Why ``item`` for ``user``: the score and the ``n`` history items that support it most.
+
+        History-scorer domains: the model's attention weights of ``item`` on the user's history items (``method``
+        ``"attention"``; the weights of the whole history sum to 1). Dot-product domains: the bundle's explainer.
+        """
         index = self.domain(domain)
         n = self.check_k(self.explain_n if n is None else n, "n")
         u = index.user_index.get(user)
         if u is None:
             raise RequestError("user", f"unknown user id {user!r} in domain {domain!r}: nothing to explain", 404)
         i = index.item(item, "item")
-        ranked = self.explainer(index, u, i, n)
+        if index.scorer.kind == "history":
+            why = index.scorer.explain(u, i)
+            order = np.argsort(-why.weights, kind="stable")[:n]
+            ranked, method, score = Ranked(items=why.items[order], scores=why.weights[order]), "attention", why.score
+        else:
+            ranked, method, score = self.explainer(index, u, i, n), self.explainer_name, index.scorer.score(u, i)
         listing = self._listing(index, ranked)
-        return {"domain": domain, "user": user, "item": item, "score": float(index.users[u] @ index.items[i]),
-                "method": self.explainer_name, "history": listing["items"], "history_titles": listing["titles"],
-                "weights": listing["scores"]}
+        return {"domain": domain, "user": user, "item": item, "score": score, "method": method,
+                "history": listing["items"], "history_titles": listing["titles"], "weights": listing["scores"]}
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -288,5 +295,6 @@ class Recommender:
             "encoder": self.meta.get("encoder"), "created": self.meta.get("created"),
             "explainer": self.explainer_name, "max_k": self.max_k,
             "domains": {name: {"n_users": len(d.user_index), "n_items": d.n_items, "dim": int(d.items.shape[1]),
-                               "text": d.projection is not None} for name, d in self.domains.items()},
+                               "text": d.projection is not None, "scorer": d.scorer.kind}
+                        for name, d in self.domains.items()},
         }

@@ -24,8 +24,9 @@ target's full test split (full ranking, every user, each user's known history as
 domains) and like AUC.
 
 Outputs: `metrics` ({domain: {"zero_shot" | "<mode>@<fraction>": {valid, test, fit_s, ...}}}), `plot` (test
-NDCG@10 per fraction, one column per domain/mode) and `out_dir`/<domain>/model.pt (`save_mode` at the largest
-fraction).
+NDCG@10 per fraction, one column per domain/mode), `out_dir`/<domain>/model.pt (`save_mode` at the largest
+fraction) and `bundle`: the serving bundle of the whole family, i.e. the multi-task model's domains (copied from
+`source_bundle`) plus every fine-tuned target, each scored by its own history attention (a promotion candidate).
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from m6rec import tracking
 from m6rec.config import ConfigError, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.runtime import set_threads
 from m6rec.evaluation.protocol import EvaluateParams
-from m6rec.stages.multitask import (PretrainedItems, TrainConfig, check_domains, evaluate_model, load_pretrained,
-                                    rating_stats, train_config, train_model)
+from m6rec.serving.bundle import export_bundle, load_bundle, raw_user_ids
+from m6rec.stages.multitask import (PretrainedItems, TrainConfig, bundle_meta, check_domains, domain_bundle,
+                                    evaluate_model, load_pretrained, rating_stats, train_config, train_model)
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.stages.cli import stage_params
 
@@ -63,6 +66,8 @@ class FinetuneParams:
     graph_dir: str = "data/graph"  # its graph (to propagate the pretrained item vectors)
     multitask_dir: str = "models/multitask"  # multi-task checkpoint: the starting point
     out_dir: str = "models/finetune"  # <domain>/model.pt of `save_mode` at the largest fraction
+    source_bundle: str = "models/multitask/bundle"  # the multi-task model's serving bundle ("" = targets only)
+    bundle: str = "models/finetune/bundle"  # source_bundle's domains + the fine-tuned targets ("" = none)
     metrics: str = "metrics/finetune.json"  # {domain: {zero_shot | <mode>@<fraction>: {valid, test, ...}}}
     plot: str = "plots/finetune.json"  # test NDCG@10 per fraction; columns "<domain>/<mode>"
     domains: tuple[str, ...] = ("ml-100k",)  # target domains (must not be multitask training domains)
@@ -180,6 +185,24 @@ def run_target(source: MultiTaskRecommender, items: PretrainedItems, data: Domai
     return out, saved
 
 
+def export_family_bundle(cfg: FinetuneParams, targets: dict[str, tuple[MultiTaskRecommender, dict]],
+                         prepared, items: PretrainedItems) -> Path | None:
+    """`source_bundle`'s domains plus each fine-tuned target (its model and run results) as one bundle."""
+    if not cfg.bundle or not (targets or cfg.source_bundle):
+        return None
+    domains, metrics, model_name = {}, {}, f"finetune-{cfg.save_mode}"  # e.g. attention_mt-finetune-full
+    if cfg.source_bundle:
+        source = load_bundle(cfg.source_bundle)
+        domains.update(source.domains)
+        metrics.update(source.meta.get("metrics", {}))
+        model_name = f"{source.meta.get('model', 'multitask')}-{model_name}"
+    for d, (model, res) in targets.items():
+        domains[d] = domain_bundle(model, domain_data(prepared, d), raw_user_ids(prepared, d))
+        metrics[d] = res
+    meta = bundle_meta(model_name, metrics, items, tracking.data_version(paths=[cfg.in_dir]), "finetune")
+    return export_bundle(cfg.bundle, domains, meta)
+
+
 def plot_rows(metrics: dict[str, dict], fractions: tuple[float, ...], metric: str = "ndcg@10") -> list[dict]:
     """One row per fraction with a ``<domain>/<mode>`` column of test `metric` (zero-shot repeated as a level)."""
     rows = []
@@ -202,17 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     prepared = load_prepared(cfg.in_dir)
     source, info = load_checkpoint(Path(cfg.multitask_dir) / CHECKPOINT)
     items = load_pretrained(cfg.pretrain_dir, cfg.graph_dir)
-    from m6rec import tracking
-
     with tracking.start_run("finetune", {"finetune": asdict(cfg), "evaluate": asdict(ev)},
                             data_paths=[cfg.in_dir, cfg.multitask_dir]):
         metrics: dict[str, dict] = {}
+        saved: dict[str, tuple[MultiTaskRecommender, dict]] = {}
         for domain in cfg.domains:
             if cfg.target_items == "pretrained" and domain not in items.source_domains:
                 log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
             data = domain_data(prepared, domain)
             metrics[domain], model = run_target(source, items, data, cfg, ev)
             if model is not None:
+                saved[domain] = (model, metrics[domain][f"{cfg.save_mode}@{max(cfg.fractions):g}"])
                 save_checkpoint(Path(cfg.out_dir) / domain / CHECKPOINT, model, args=model.config(),
                                 params={"finetune": asdict(cfg), "evaluate": asdict(ev)},
                                 meta={"domain": domain, "mode": cfg.save_mode, "fraction": max(cfg.fractions),
@@ -222,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics, cfg.fractions))):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        bundle = export_family_bundle(cfg, saved, prepared, items)
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
+        if bundle is not None:
+            tracking.log_artifact(bundle / "bundle.json")
     log.info("finetune done in %.1fs -> %s", time.perf_counter() - t0, cfg.metrics)
     return 0
 

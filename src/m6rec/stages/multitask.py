@@ -34,10 +34,13 @@ from sklearn.metrics import roc_auc_score
 
 from m6rec.config import ConfigError, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
+from m6rec.data.sequences import Sequences, history_window, split_histories, user_sequences, window_mean
 from m6rec.evaluation.metrics import ranking_metrics, rating_metrics
 from m6rec.evaluation.protocol import EvaluateParams, evaluate_split
 from m6rec.models.multitask import Batch, Catalogue, MultiTaskRecommender
 from m6rec.runtime import set_threads
+from m6rec.serving.bundle import (DomainBundle, HistoryScorer, export_bundle, make_domain_bundle,
+                                  raw_user_ids)
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.training.loop import fit
 from m6rec.stages.cli import stage_params
@@ -63,6 +66,7 @@ class MultitaskParams:
     metrics: str = "metrics/multitask.json"  # {domain: {variant: {valid, test, fit_s}}}
     plot: str = "plots/multitask.json"  # test NDCG@20 per domain/variant
     explanations: str = "reports/explanations.md"  # top recommendations with the history items attention credits
+    bundle: str = "models/multitask/bundle"  # serving bundle of `save_variant` (history scorer; finetune extends it)
     domains: tuple[str, ...] = ()  # training domains; () = every source domain of the pretrained model
     variants: tuple[str, ...] = tuple(VARIANTS)  # which of attention_mt, attention_st, mean_mt, mean_st to train
     save_variant: str = "attention_mt"  # the variant saved for fine-tuning and explained
@@ -134,6 +138,7 @@ class PretrainedItems:
     text_scale: float
     source_domains: tuple[str, ...]
     encoder: str | None = None
+    encoder_max_seq_length: int | None = None
 
     @property
     def dim(self) -> int:
@@ -167,7 +172,7 @@ def pretrained_items(model, meta: dict) -> PretrainedItems:
         text[d] = None if text_full is None else text_full[off:off + n].numpy().copy()
     return PretrainedItems(base=base, text=text, text_weight=weight, text_scale=alpha0,
                            source_domains=tuple(meta.get("source_domains", meta["domains"])),
-                           encoder=meta.get("encoder"))
+                           encoder=meta.get("encoder"), encoder_max_seq_length=meta.get("encoder_max_seq_length"))
 
 
 def load_pretrained(pretrain_dir: str | Path, graph_dir: str | Path) -> PretrainedItems:
@@ -256,49 +261,7 @@ def build_model(items: PretrainedItems, datas: dict[str, DomainData], pooling: s
     return model
 
 
-# ---- sequences and training examples ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sequences:
-    """Every user's interactions in time order, CSR-style: user ``u`` owns ``items[indptr[u]:indptr[u + 1]]``."""
-
-    indptr: np.ndarray  # int64 [n_users + 1]
-    items: np.ndarray  # int64 [nnz]
-    values: np.ndarray  # float64 [nnz]: rating / count / 1
-
-
-def user_sequences(data: DomainData, splits: tuple[str, ...] = ("train",)) -> Sequences:
-    """The `splits` interactions of every user, sorted by time (split order breaks ties)."""
-    frames = [data.frames[s].assign(_split=k) for k, s in enumerate(splits)]
-    frame = pd.concat(frames, ignore_index=True).sort_values(["user", "ts", "_split"], kind="stable")
-    counts = np.bincount(frame["user"].to_numpy(dtype=np.int64), minlength=data.n_users)
-    return Sequences(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                     items=frame["item"].to_numpy(dtype=np.int64),
-                     values=frame["value"].to_numpy(dtype=np.float64))
-
-
-def history_window(seq: Sequences, ends: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
-    """Items ``[ends - max_len, ends)`` of each row, clipped at ``starts``, right-aligned, -1 padded ``[n, L]``."""
-    idx = ends[:, None] + np.arange(-max_len, 0, dtype=np.int64)[None, :]
-    valid = idx >= starts[:, None]
-    out = np.where(valid, seq.items[np.clip(idx, 0, max(len(seq.items) - 1, 0))] if len(seq.items) else -1, -1)
-    return out.astype(np.int64)
-
-
-def window_mean(seq: Sequences, ends: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
-    """Mean value of the same windows as :func:`history_window` (NaN for an empty window)."""
-    cum = np.concatenate([[0.0], np.cumsum(seq.values)])
-    first = np.maximum(starts, ends - max_len)
-    n = ends - first
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (cum[ends] - cum[first]) / np.maximum(n, 1), np.nan)
-
-
-def last_items(seq: Sequences, max_len: int, users: np.ndarray | None = None) -> np.ndarray:
-    """The last `max_len` items of each user (default: every user) ``[n, L]``, -1 padded on the left."""
-    users = np.arange(len(seq.indptr) - 1) if users is None else np.asarray(users, dtype=np.int64)
-    return history_window(seq, seq.indptr[users + 1], seq.indptr[users], max_len)
-
-
+# ---- training examples ---------------------------------------------------------------------------
 @dataclass
 class _DomainExamples:
     index: int  # domain index in the model
@@ -386,13 +349,6 @@ class ExampleSampler:
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
-def split_histories(data: DomainData, max_len: int) -> dict[str, np.ndarray]:
-    """Model input per evaluation split: valid sees the training items, test and cold train + valid."""
-    train = last_items(user_sequences(data, ("train",)), max_len)
-    known = last_items(user_sequences(data, ("train", "valid")), max_len)
-    return {"valid": train, "test": known, "cold": known}
-
-
 def split_history_ratings(data: DomainData, max_len: int) -> dict[str, np.ndarray]:
     """Mean rating of each user's :func:`split_histories` window (NaN on implicit domains or without history)."""
     out = {}
@@ -615,6 +571,39 @@ def explanations_markdown(per_domain: dict[str, list[dict]], variant: str) -> st
     return "\n".join(lines)
 
 
+# ---- serving bundle --------------------------------------------------------------------------------------------
+def domain_bundle(model: MultiTaskRecommender, data: DomainData, raw_user) -> DomainBundle:
+    """One domain of `model` as a serving bundle with a history scorer: the catalogue's item vectors, every user's
+    last ``max_len`` train + valid items (the input of test-time scoring), the history encoder's weights and the
+    domain's recency adapter; a text projection is fitted from the items' sentence vectors when the model has them.
+    Serving scores then equal :meth:`MultiTaskRecommender.score` with the test histories."""
+    k = model.domain_index(data.name)
+    enc = model.encoder
+    table = model.table(k)
+    with torch.no_grad():
+        vectors = model.catalogue(k).vectors.float().numpy()
+    config = {"dim": enc.dim, "n_interests": int(model.config()["n_interests"]), "max_len": enc.max_len,
+              "pooling": enc.pooling, "hidden": enc.hidden}
+    scorer = HistoryScorer(
+        config=config, weights={n: t.detach().float().numpy().copy() for n, t in enc.state_dict().items()},
+        history=split_histories(data, enc.max_len)["test"],
+        recency=None if table.recency is None else table.recency.detach().float().numpy().copy())
+    text = None
+    if table.text is not None and bool(table.text.abs().sum() > 0):
+        text = table.text.float().numpy()
+    return make_domain_bundle(data, raw_user, vectors, None, item_text_vectors=text, scorer=scorer)
+
+
+def bundle_meta(model_name: str, metrics: dict[str, dict], items: PretrainedItems, data_version: str,
+                stage: str) -> dict:
+    """Bundle meta: ``metrics`` is ``{domain: {split: {metric: v}}}`` (valid and test kept)."""
+    meta = {"model": model_name, "stage": stage, "data_version": data_version,
+            "metrics": {d: {s: r[s] for s in ("valid", "test") if s in r} for d, r in metrics.items()}}
+    if items.encoder:
+        meta.update(encoder=items.encoder, encoder_max_seq_length=items.encoder_max_seq_length)
+    return meta
+
+
 # ---- the stage -------------------------------------------------------------------------------------------------
 def task_weights(cfg: MultitaskParams, multi: bool) -> dict[str, float]:
     if not multi:
@@ -702,9 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         for path, text in outputs:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text, encoding="utf-8")
+        bundle = export_bundle(cfg.bundle, {d: domain_bundle(model, data, raw_user_ids(prepared, d))
+                                            for d, data in datas.items()},
+                               bundle_meta(cfg.save_variant, {d: metrics[d][cfg.save_variant] for d in datas}, items,
+                                           tracking.data_version(paths=[cfg.in_dir]), "multitask"))
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
         tracking.log_artifact(cfg.explanations)
+        tracking.log_artifact(bundle / "bundle.json")
     log.info("multitask done in %.1fs -> %s, %s, %s", time.perf_counter() - t0, out, cfg.metrics, cfg.explanations)
     return 0
 

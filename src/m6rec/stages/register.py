@@ -8,7 +8,8 @@ Gate (all must hold for a promotion):
    champion counts as beaten.
 
 Figures: a candidate's comes from its metrics file (``{domain: {model: {split: {metric: v}}}}``, model = the bundle's
-``meta["model"]``) when its bundle's ``meta["data_version"]`` is the current version of ``data_dir``, else the
+``meta["model"]``; a candidate without a metrics file: the bundle's own ``meta["metrics"]``, ``{domain: {split:
+{metric: v}}}``) when its bundle's ``meta["data_version"]`` is the current version of ``data_dir``, else the
 bundle is evaluated on the current data. The champion's comes from its version tags (``register.metric``,
 ``register.metric_value``, ``register.domains``, ``register.data_version``) when metric, domains and data version
 match, else its bundle is downloaded from the registry and evaluated on the current data. Evaluation uses
@@ -35,8 +36,10 @@ import torch
 from m6rec import tracking
 from m6rec.config import ConfigError, section
 from m6rec.data.dataset import Prepared, domain_data, load_prepared
+from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import evaluate_split
 from m6rec.serving.bundle import Bundle, load_bundle, raw_user_ids, read_meta
+from m6rec.serving.scoring import DomainScorer
 from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ TAG_METRIC, TAG_VALUE, TAG_DOMAINS, TAG_DATA = ("register.metric", "register.met
 
 @dataclass(frozen=True)
 class RegisterParams:
-    candidates: tuple = ()  # list of {bundle: folder, metrics: metrics/<stage>.json}: the models to register
+    candidates: tuple = ()  # list of {bundle: folder, metrics: metrics/<stage>.json (optional)}: models to register
     metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
     domains: tuple[str, ...] = ()  # domains averaged; [] = every domain of any candidate bundle
     margin: float = 0.0  # the best candidate must beat the champion by more than this (absolute)
@@ -62,8 +65,9 @@ class RegisterParams:
         if self.margin < 0:
             raise ConfigError(f"register.margin must be >= 0, got {self.margin}")
         for i, c in enumerate(self.candidates):
-            if not isinstance(c, Mapping) or not c.get("bundle") or not c.get("metrics"):
-                raise ConfigError(f"register.candidates[{i}] must be a mapping with 'bundle' and 'metrics', got {c!r}")
+            if not isinstance(c, Mapping) or not c.get("bundle") or set(c) - {"bundle", "metrics"}:
+                raise ConfigError(f"register.candidates[{i}] must be a mapping with 'bundle' and optionally "
+                                  f"'metrics', got {c!r}")
 
 
 @dataclass
@@ -72,13 +76,13 @@ class Figure:
 
     value: float
     per_domain: dict[str, float | None]
-    source: str  # "metrics-file", "tags" or "re-evaluated"
+    source: str  # "metrics-file", "bundle-meta", "tags" or "re-evaluated"
 
 
 @dataclass
 class Candidate:
     bundle_dir: str
-    metrics_file: str
+    metrics_file: str | None
     model: str
     figure: Figure
     version: str | None = None
@@ -110,9 +114,10 @@ def mean_figure(per_domain: Mapping[str, float | None]) -> float:
     return float(np.mean([0.0 if v is None else float(v) for v in per_domain.values()]))
 
 
-def metrics_file_figure(metrics: Mapping[str, Any], model: str, metric: str, domains: Sequence[str],
+def metrics_file_figure(metrics: Mapping[str, Any], model: str | None, metric: str, domains: Sequence[str],
                         served: Sequence[str]) -> Figure:
-    """The figure recorded in a metrics file (``{domain: {model: {split: {metric: v}}}}``).
+    """The figure recorded in a metrics file (``{domain: {model: {split: {metric: v}}}}``), or with ``model`` None
+    in a bundle's own metrics (``{domain: {split: {metric: v}}}``).
 
     Domains the bundle does not serve count as 0; a served domain missing from the file is an error (the stage
     that made the candidate must report what it exports).
@@ -124,28 +129,28 @@ def metrics_file_figure(metrics: Mapping[str, Any], model: str, metric: str, dom
             per[d] = None
             continue
         try:
-            per[d] = float(metrics[d][model][split][name])
+            per[d] = float((metrics[d] if model is None else metrics[d][model])[split][name])
         except (KeyError, TypeError) as exc:
-            raise KeyError(f"metrics file has no {d}.{model}.{split}.{name} for candidate model {model!r}") from exc
-    return Figure(mean_figure(per), per, "metrics-file")
+            where = "the bundle's meta metrics have" if model is None else "metrics file has"
+            raise KeyError(f"{where} no {d}.{'' if model is None else model + '.'}{split}.{name}") from exc
+    return Figure(mean_figure(per), per, "metrics-file" if model is not None else "bundle-meta")
 
 
-def align_rows(src_ids: Sequence[str], vectors: np.ndarray, dst_ids: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Rows of ``vectors`` (indexed like ``src_ids``) re-ordered to ``dst_ids``; unknown ids get zero rows.
-
-    Returns the aligned matrix and the number of ``dst_ids`` not found.
-    """
+def align_ids(src_ids: Sequence[str], dst_ids: Sequence[str]) -> np.ndarray:
+    """Position in ``src_ids`` of each of ``dst_ids`` (-1 where absent)."""
     pos = {s: i for i, s in enumerate(src_ids)}
-    idx = np.array([pos.get(str(d), -1) for d in dst_ids], dtype=np.int64)
-    out = np.zeros((len(dst_ids), vectors.shape[1]), dtype=np.float32)
-    hit = idx >= 0
-    out[hit] = vectors[idx[hit]]
-    return out, int((~hit).sum())
+    return np.array([pos.get(str(d), -1) for d in dst_ids], dtype=np.int64)
 
 
 def bundle_figure(bundle: Bundle, prepared: Prepared, metric: str, domains: Sequence[str],
                   batch_users: int = 512) -> Figure:
-    """Evaluate a bundle's dot-product scores on ``prepared`` with the shared protocol (split from ``metric``)."""
+    """Evaluate a bundle's own scores (:class:`m6rec.serving.scoring.DomainScorer`) on ``prepared`` with the shared
+    protocol (split from ``metric``); users and items matched by raw id, the ones the bundle lacks score 0.
+
+    A history scorer reads each user's history from ``prepared`` as the protocol defines it for the split (valid:
+    the training items; test and cold: train + valid), not the one stored in the bundle, which may include the very
+    items being evaluated; items the bundle does not know drop out of the history.
+    """
     split, name, ks = parse_metric(metric)
     per: dict[str, float | None] = {}
     for d in domains:
@@ -154,15 +159,31 @@ def bundle_figure(bundle: Bundle, prepared: Prepared, metric: str, domains: Sequ
             continue
         b = bundle.domains[d]
         data = domain_data(prepared, d)
-        users, miss_u = align_rows(b.raw_user, b.user_vectors, raw_user_ids(prepared, d))
-        items, miss_i = align_rows(b.raw_item, b.item_vectors, data.items["raw_item"].astype(str).tolist())
+        user_pos = torch.from_numpy(align_ids(b.raw_user, raw_user_ids(prepared, d)))
+        item_pos = torch.from_numpy(align_ids(b.raw_item, data.items["raw_item"].astype(str).tolist()))
+        miss_u, miss_i = int((user_pos < 0).sum()), int((item_pos < 0).sum())
         if miss_u or miss_i:
             log.warning("%s: bundle lacks %d of %d users and %d of %d items of the current data (scored 0)",
-                        d, miss_u, len(users), miss_i, len(items))
-        item_t = torch.from_numpy(np.ascontiguousarray(items.T))
+                        d, miss_u, len(user_pos), miss_i, len(item_pos))
+        scorer = DomainScorer(b)
+        history = None
+        if scorer.kind == "history":  # current data's histories, in the bundle's item indices (-1: unknown)
+            hist = split_histories(data, scorer.max_len)[split]
+            history = torch.from_numpy(np.where(hist >= 0, item_pos.numpy()[np.clip(hist, 0, None)], -1))
 
-        def score(batch: np.ndarray, users: np.ndarray = users, item_t: torch.Tensor = item_t) -> torch.Tensor:
-            return torch.from_numpy(users[batch]) @ item_t
+        def score(batch: np.ndarray, scorer: DomainScorer = scorer, user_pos: torch.Tensor = user_pos,
+                  item_pos: torch.Tensor = item_pos, history: torch.Tensor | None = history) -> torch.Tensor:
+            batch = torch.as_tensor(batch, dtype=torch.int64)
+            if history is not None:
+                scores = scorer.histories(history[batch])
+                return scores[:, item_pos.clamp_min(0)].masked_fill(item_pos.unsqueeze(0) < 0, 0.0)
+            rows = user_pos[batch]
+            out = torch.zeros(len(rows), len(item_pos))
+            known = rows >= 0
+            if known.any():
+                scores = scorer.users(rows[known])[:, item_pos.clamp_min(0)]
+                out[known] = scores.masked_fill(item_pos.unsqueeze(0) < 0, 0.0)
+            return out
 
         per[d] = float(evaluate_split(score, data, split, ks=ks, batch_users=batch_users).get(name, 0.0))
     return Figure(mean_figure(per), per, "re-evaluated")
@@ -232,14 +253,17 @@ def run(cfg: RegisterParams, summary_path: Path) -> dict[str, Any]:
     for c, meta in zip(cfg.candidates, metas, strict=True):
         model = str(meta.get("model") or Path(c["bundle"]).name)
         if meta.get("data_version") == data_ver:
-            metrics = json.loads(Path(c["metrics"]).read_text(encoding="utf-8"))
-            fig = metrics_file_figure(metrics, model, cfg.metric, domains, list(meta["domains"]))
+            if c.get("metrics"):
+                metrics, key = json.loads(Path(c["metrics"]).read_text(encoding="utf-8")), model
+            else:
+                metrics, key = meta.get("metrics") or {}, None
+            fig = metrics_file_figure(metrics, key, cfg.metric, domains, list(meta["domains"]))
         else:
             log.info("candidate %s was built on data %s, current is %s: evaluating its bundle", c["bundle"],
                      meta.get("data_version"), data_ver)
             fig = bundle_figure(load_bundle(c["bundle"]), _prepared(data_dir, prepared_cache), cfg.metric, domains,
                                 cfg.batch_users)
-        candidates.append(Candidate(str(c["bundle"]), str(c["metrics"]), model, fig))
+        candidates.append(Candidate(str(c["bundle"]), c.get("metrics"), model, fig))
         log.info("candidate %s (%s): %s = %.6f (%s)", model, c["bundle"], cfg.metric, fig.value, fig.source)
 
     with tracking.start_run("register", {"register": asdict(cfg)}, data_paths=[cfg.data_dir]):

@@ -1,0 +1,145 @@
+"""Scores of a bundle's users against its catalogue, computed the way the exporting model computed them.
+
+One class, :class:`DomainScorer`, for both kinds of :class:`m6rec.serving.bundle.DomainBundle`:
+
+* ``dot``: ``user_vectors[u] @ item_vectors.T``;
+* ``history``: the bundle's :class:`m6rec.models.attention.HistoryAttention` is rebuilt from its weights, every
+  user's history is pooled once at construction into interest vectors ``[n_users, K + 1, d]``, and a user's scores
+  are ``HistoryAttention.score`` of those interests against the catalogue (K + 1 matrix products and a softmax over
+  the interests). The attention a candidate puts on each history item (:meth:`DomainScorer.explain`) is the
+  model's own ``w_ij``.
+
+Used by the service (:mod:`m6rec.serving.recommender`) and by the register stage's re-evaluation, so that a model is
+served and gated on the same scores it was evaluated with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from m6rec.models.attention import HistoryAttention, Interests
+from m6rec.serving.bundle import DomainBundle
+
+_CHUNK_USERS = 4096  # users pooled per batch at construction
+
+
+@dataclass(frozen=True)
+class PairExplanation:
+    """Why one item scores what it does for one history: the score and the weight of every history column."""
+
+    score: float
+    columns: np.ndarray  # int64 [n]: positions in the history with a real item
+    items: np.ndarray  # int64 [n]: the items at those positions
+    weights: np.ndarray  # float32 [n]: their attention weights (sum to 1 over the history)
+
+
+class DomainScorer:
+    """Scores of one domain's users (or of an ad-hoc history) against every item."""
+
+    def __init__(self, b: DomainBundle) -> None:
+        self.items = torch.from_numpy(np.ascontiguousarray(b.item_vectors, dtype=np.float32))
+        self.kind = b.kind
+        self.n_users = b.n_users
+        self.user_vectors: torch.Tensor | None = None
+        self.attention: HistoryAttention | None = None
+        if b.scorer is None:
+            self.user_vectors = torch.from_numpy(np.ascontiguousarray(b.user_vectors, dtype=np.float32))
+            return
+        cfg = b.scorer.config
+        att = HistoryAttention(int(cfg["dim"]), int(cfg["n_interests"]), int(cfg["max_len"]), str(cfg["pooling"]),
+                               hidden=cfg.get("hidden"))
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in b.scorer.weights.items()}
+        missing, unexpected = att.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"history scorer weights do not fit HistoryAttention({cfg}): missing {missing}, "
+                             f"unexpected {unexpected}")
+        self.attention = att.eval()
+        self.recency = None if b.scorer.recency is None else torch.from_numpy(b.scorer.recency.astype(np.float32))
+        self.history = torch.from_numpy(b.scorer.history.astype(np.int64))
+        with torch.no_grad():
+            self.item_logits = att.item_logits(self.items) if att.pooling == "attention" else None
+            parts = [self._pool(self.history[s:s + _CHUNK_USERS]) for s in range(0, self.n_users, _CHUNK_USERS)]
+        self.interests = Interests(vectors=torch.cat([p.vectors for p in parts]).contiguous(),
+                                   weights=torch.cat([p.weights for p in parts]).contiguous())
+
+    # ------------------------------------------------------------------------------------------------- pooling
+
+    def _pool(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> Interests:
+        """Interests of padded histories ``[B, L]`` (-1 = padding); ``extra [m, d]``: vectors appended to a single
+        history as its most recent items (e.g. a projected text query)."""
+        att = self.attention
+        vecs = self.items[history.clamp_min(0)]
+        mask = history >= 0
+        logits = None if self.item_logits is None else self.item_logits[history.clamp_min(0)]
+        if extra is not None and len(extra):
+            vecs = torch.cat([vecs, extra.unsqueeze(0)], dim=1)[:, -att.max_len:]
+            mask = torch.cat([mask, torch.ones(1, len(extra), dtype=torch.bool)], dim=1)[:, -att.max_len:]
+            if logits is not None:
+                logits = torch.cat([logits, att.item_logits(extra).unsqueeze(0)], dim=1)[:, -att.max_len:]
+        return att(vecs, mask, logits, self.recency)
+
+    # ------------------------------------------------------------------------------------------------- scoring
+
+    @torch.no_grad()
+    def users(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_items]`` of local user indices ``users [B]``."""
+        if self.attention is None:
+            return self.user_vectors[users] @ self.items.T
+        sub = Interests(vectors=self.interests.vectors[users], weights=self.interests.weights[users])
+        return self.attention.score(sub, self.items).scores
+
+    @torch.no_grad()
+    def histories(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_items]`` of padded histories ``[B, max_len]`` (item indices, -1 = padding), e.g. built
+        from other data than the bundle's own (history scorer only)."""
+        if self.attention is None:
+            raise TypeError("scoring a history needs a history scorer; this domain scores with dot products")
+        return self.attention.score(self._pool(history), self.items).scores
+
+    @property
+    def max_len(self) -> int:
+        """History length of a history scorer (0 for a dot scorer)."""
+        return 0 if self.attention is None else self.attention.max_len
+
+    @torch.no_grad()
+    def history_scores(self, items: list[int], extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[n_items]`` for an ad-hoc history: ``items`` (oldest first) and ``extra [m, d]`` query vectors.
+
+        Dot scorer: the mean of the items' and the extra vectors. History scorer: the model's pooling of the last
+        ``max_len`` of them (the extra vectors count as the most recent).
+        """
+        if self.attention is None:
+            parts = [self.items[torch.as_tensor(items, dtype=torch.int64)]] if items else []
+            if extra is not None and len(extra):
+                parts.append(extra)
+            return self.items @ torch.cat(parts).mean(dim=0)
+        hist = torch.as_tensor(items[-self.attention.max_len:], dtype=torch.int64).view(1, -1)
+        if hist.shape[1] < self.attention.max_len:  # right-align
+            pad = torch.full((1, self.attention.max_len - hist.shape[1]), -1, dtype=torch.int64)
+            hist = torch.cat([pad, hist], dim=1)
+        interests = self._pool(hist, extra)
+        return self.attention.score(interests, self.items).scores[0]
+
+    @torch.no_grad()
+    def explain(self, user: int, item: int) -> PairExplanation:
+        """The score of ``item`` for ``user`` and the attention it puts on each of the user's history items.
+
+        History scorer only (a dot scorer has no history: see the recommender's similarity explainer).
+        """
+        if self.attention is None:
+            raise TypeError("explain needs a history scorer; this domain scores with dot products")
+        sub = Interests(vectors=self.interests.vectors[user:user + 1], weights=self.interests.weights[user:user + 1])
+        vec, weights = self.attention.user_vectors(sub, self.items[item:item + 1])
+        hist = self.history[user]
+        cols = torch.nonzero(hist >= 0).view(-1)
+        return PairExplanation(score=float(vec[0] @ self.items[item]), columns=cols.numpy(),
+                               items=hist[cols].numpy(), weights=weights[0, cols].numpy())
+
+    def score(self, user: int, item: int) -> float:
+        """One user's score of one item."""
+        if self.attention is None:
+            return float(self.user_vectors[user] @ self.items[item])
+        return self.explain(user, item).score
