@@ -9,6 +9,8 @@ Scenarios (bundles built from data/validated or data/prepared, served from a tem
 * ``gowalla``: the lightgcn-gowalla domain, 29,858 users x 40,981 items x 64 d (random vectors unless ``--svd``:
   the serving cost does not depend on the values);
 * ``default``: every other prepared domain, SVD-64 vectors, requests spread over all their users;
+* ``bundle``: an existing bundle folder given with ``--bundle`` (e.g. ``models/finetune/bundle``, the attention
+  family a default ``make run`` promotes), requests spread over all its users;
 * ``gowalla-attention``: the Gowalla catalogue scored by a history-attention model (the multitask stage's
   ``HistoryAttention``, K = 4 interests + the uniform one, each user's last 50 training items, seeded random weights:
   what an attention model costs to serve at 41k items).
@@ -171,17 +173,17 @@ def in_process_costs(bundle_dir: Path, bodies: list[str], n: int = 2000) -> dict
     for r in reqs:
         rec.recommend(r["domain"], r["user"], r["k"])
     single_ms = (time.perf_counter() - t0) / len(reqs) * 1e3
-    # Largest catalogue: cost of one matmul + topk for B users at once, per user.
+    # Largest catalogue: cost of scoring + top-k (the serving path, DomainScorer.top_k) for B users at once, per user.
     name, index = max(rec.domains.items(), key=lambda kv: kv[1].n_items)
     out = {"recommend_ms": single_ms, "largest_domain": name, "n_items": index.n_items}
     for b in (1, 16, 64):
         users = torch.arange(b)
         for _ in range(3):
-            torch.topk(index.scorer.users(users), 10, dim=1)
+            index.scorer.top_k(users, 10)
         reps = max(5, 400 // b)
         t0 = time.perf_counter()
         for _ in range(reps):
-            torch.topk(index.scorer.users(users), 10, dim=1)
+            index.scorer.top_k(users, 10)
         out[f"score_topk_batch{b}_ms_per_user"] = (time.perf_counter() - t0) / reps / b * 1e3
     return out
 
@@ -189,7 +191,8 @@ def in_process_costs(bundle_dir: Path, bodies: list[str], n: int = 2000) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", nargs="+", default=["gowalla", "default"],
-                        choices=["gowalla", "default", "gowalla-attention"])
+                        choices=["gowalla", "default", "gowalla-attention", "bundle"])
+    parser.add_argument("--bundle", default="", help="bundle folder served by scenario 'bundle'")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per (client, concurrency) run")
     parser.add_argument("--client", nargs="+", default=["wrk", "aiohttp"], choices=["wrk", "aiohttp"])
@@ -218,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in args.scenario:
             t0 = time.perf_counter()
             bundle = tmp / f"bundle-{scenario}"
-            users = build_bundle(scenario, Path(args.data_dir), bundle, args.dim, args.svd)
+            if scenario == "bundle":
+                from m6rec.serving.bundle import load_bundle
+
+                if not args.bundle:
+                    parser.error("--scenario bundle needs --bundle FOLDER")
+                bundle = Path(args.bundle).resolve()
+                users = {d: list(b.raw_user) for d, b in load_bundle(bundle).domains.items()}
+            else:
+                users = build_bundle(scenario, Path(args.data_dir), bundle, args.dim, args.svd)
             build_s = time.perf_counter() - t0
             bodies = request_bodies(users)
             bodies_file = tmp / f"bodies-{scenario}.txt"

@@ -198,6 +198,8 @@ def test_metadata(rec, bundle):
     assert meta["domains"][PLAIN_DOMAIN]["n_items"] == bundle.domains[PLAIN_DOMAIN].n_items
     assert meta["data_version"] == bundle.meta["data_version"]
     assert meta["domains"][HISTORY_DOMAIN]["scorer"] == "history" and meta["domains"][TEXT_DOMAIN]["scorer"] == "dot"
+    assert meta["domains"][HISTORY_DOMAIN]["explainer"] == "attention"
+    assert meta["domains"][TEXT_DOMAIN]["explainer"] == "similarity" and meta["explainer"] == "attention,similarity"
 
 
 # ---- a domain scored by history attention --------------------------------------------------------------------------
@@ -262,3 +264,26 @@ def test_history_domain_recommends_from_an_anonymous_history(rec, bundle, histor
     with pytest.raises(RequestError, match="no text projection") as err:
         rec.recommend_items(HISTORY_DOMAIN, text="a stapler")
     assert err.value.field == "text"
+
+
+def test_history_top_k_is_exact_without_scoring_every_item(bundle, history_model):
+    """The bounded top-k of a history scorer returns exactly the full softmax-gated top-k, masks included."""
+    from m6rec.serving.scoring import DomainScorer
+
+    b = bundle.domains[HISTORY_DOMAIN]
+    scorer = DomainScorer(b)
+    users = torch.arange(b.n_users)
+    full = scorer.users(users)
+    rows, cols = [], []
+    for u in range(b.n_users):
+        seen = b.seen.indices[b.seen.indptr[u]:b.seen.indptr[u + 1]]
+        rows += [u] * len(seen)
+        cols += seen.tolist()
+    rows, cols = torch.tensor(rows), torch.tensor(cols, dtype=torch.int64)
+    full[rows, cols] = float("-inf")
+    for k, first in ((1, 1), (10, 64), (100, 1), (b.n_items, 64)):  # first=1: the candidate set must grow
+        values, items = scorer.top_k(users, k, rows, cols, min_candidates=first)
+        want = torch.topk(full, k, dim=1).values
+        torch.testing.assert_close(values, want)
+        finite = torch.isfinite(values)
+        torch.testing.assert_close(full.gather(1, items)[finite], values[finite])  # the items carry those scores

@@ -202,14 +202,14 @@ class Recommender:
         for domain, rows in groups.items():
             index = self.domains[domain]
             users = [index.user_index[queries[i].user] for i in rows]
-            scores = index.scorer.users(torch.as_tensor(users, dtype=torch.int64))
             masked = [r for r, i in enumerate(rows) if queries[i].exclude_seen]
+            row_ids = col_ids = None
             if masked:
                 cols = [index.seen(users[r]) for r in masked]
                 row_ids = torch.repeat_interleave(torch.tensor(masked), torch.tensor([len(c) for c in cols]))
-                scores[row_ids, torch.cat(cols)] = _NEG_INF
+                col_ids = torch.cat(cols)
             k_max = min(max(queries[i].k for i in rows), index.n_items)
-            values, top = torch.topk(scores, k_max, dim=1)
+            values, top = index.scorer.top_k(torch.as_tensor(users, dtype=torch.int64), k_max, row_ids, col_ids)
             values, top = values.numpy(), top.numpy()
             for r, i in enumerate(rows):
                 k = min(queries[i].k, index.n_items)
@@ -281,20 +281,25 @@ class Recommender:
         if index.scorer.kind == "history":
             why = index.scorer.explain(u, i)
             order = np.argsort(-why.weights, kind="stable")[:n]
-            ranked, method, score = Ranked(items=why.items[order], scores=why.weights[order]), "attention", why.score
+            ranked, score = Ranked(items=why.items[order], scores=why.weights[order]), why.score
         else:
-            ranked, method, score = self.explainer(index, u, i, n), self.explainer_name, index.scorer.score(u, i)
+            ranked, score = self.explainer(index, u, i, n), index.scorer.score(u, i)
         listing = self._listing(index, ranked)
-        return {"domain": domain, "user": user, "item": item, "score": score, "method": method,
+        return {"domain": domain, "user": user, "item": item, "score": score, "method": self._explain_method(index),
                 "history": listing["items"], "history_titles": listing["titles"], "weights": listing["scores"]}
+
+    def _explain_method(self, index: DomainIndex) -> str:
+        return "attention" if index.scorer.kind == "history" else self.explainer_name
 
     def metadata(self) -> dict[str, Any]:
         return {
             "model": self.meta.get("model"), "version": self.version, "source": self.source,
             "data_version": self.meta.get("data_version"), "metrics": self.meta.get("metrics", {}),
             "encoder": self.meta.get("encoder"), "created": self.meta.get("created"),
-            "explainer": self.explainer_name, "max_k": self.max_k,
+            "explainer": ",".join(sorted({self._explain_method(d) for d in self.domains.values()})),
+            "max_k": self.max_k,
             "domains": {name: {"n_users": len(d.user_index), "n_items": d.n_items, "dim": int(d.items.shape[1]),
-                               "text": d.projection is not None, "scorer": d.scorer.kind}
+                               "text": d.projection is not None, "scorer": d.scorer.kind,
+                               "explainer": self._explain_method(d)}
                         for name, d in self.domains.items()},
         }

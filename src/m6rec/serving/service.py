@@ -22,9 +22,13 @@ from starlette.responses import JSONResponse
 with bentoml.importing():
     import torch
 
+    from m6rec.serving import timeout
     from m6rec.serving.batching import MicroBatcher
     from m6rec.serving.loader import load_served_model, serve_params
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
+
+
+timeout.install()  # BentoML's own request timeout keeps every request alive for 30 s (see m6rec.serving.timeout)
 
 
 def _id_text(value: Any) -> Any:
