@@ -12,8 +12,8 @@ One class, :class:`DomainScorer`, for both kinds of :class:`m6rec.serving.bundle
 Top-k for serving (:meth:`DomainScorer.top_k`) is exact for both, but a history scorer does not compute the softmax
 gate for every item: an item's score is a convex combination of its K + 1 per-interest scores, so it is at most
 their maximum. The gate runs only on the items with the highest such bound, and the candidate set grows until the
-k-th exact score is at least the largest bound left outside it (one round almost always: measured in
-``bench/bench_serving.py``, scenario ``gowalla-attention``).
+k-th exact score is at least the largest bound left outside it (the first set is ``max(4 k, 64)`` items; on the
+41k-item ``gowalla-attention`` scenario of ``bench/bench_serving.py`` this cut ``recommend`` from 2.3 to 1.6 ms).
 
 Used by the service (:mod:`m6rec.serving.recommender`) and by the register stage's re-evaluation, so that a model is
 served and gated on the same scores it was evaluated with.

@@ -261,7 +261,7 @@ def build_model(items: PretrainedItems, datas: dict[str, DomainData], pooling: s
     return model
 
 
-# ---- training examples ---------------------------------------------------------------------------
+# ---- training examples -----------------------------------------------------------------------------------------
 @dataclass
 class _DomainExamples:
     index: int  # domain index in the model
