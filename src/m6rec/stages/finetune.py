@@ -46,7 +46,7 @@ from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.runtime import set_threads
 from m6rec.evaluation.protocol import EvaluateParams
-from m6rec.serving.bundle import export_bundle, load_bundle, raw_user_ids
+from m6rec.serving.bundle import DomainBundle, export_bundle, load_bundle, raw_user_ids
 from m6rec.stages.multitask import (PretrainedItems, TrainConfig, bundle_meta, check_domains, domain_bundle,
                                     evaluate_model, load_pretrained, rating_stats, train_config, train_model)
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
@@ -185,9 +185,9 @@ def run_target(source: MultiTaskRecommender, items: PretrainedItems, data: Domai
     return out, saved
 
 
-def export_family_bundle(cfg: FinetuneParams, targets: dict[str, tuple[MultiTaskRecommender, dict]],
-                         prepared, items: PretrainedItems) -> Path | None:
-    """`source_bundle`'s domains plus each fine-tuned target (its model and run results) as one bundle."""
+def export_family_bundle(cfg: FinetuneParams, targets: dict[str, tuple[DomainBundle, dict]],
+                         items: PretrainedItems) -> Path | None:
+    """`source_bundle`'s domains plus each fine-tuned target (its serving domain and run results) as one bundle."""
     if not cfg.bundle or not (targets or cfg.source_bundle):
         return None
     domains, metrics, model_name = {}, {}, f"finetune-{cfg.save_mode}"  # e.g. attention_mt-finetune-full
@@ -196,8 +196,8 @@ def export_family_bundle(cfg: FinetuneParams, targets: dict[str, tuple[MultiTask
         domains.update(source.domains)
         metrics.update(source.meta.get("metrics", {}))
         model_name = f"{source.meta.get('model', 'multitask')}-{model_name}"
-    for d, (model, res) in targets.items():
-        domains[d] = domain_bundle(model, domain_data(prepared, d), raw_user_ids(prepared, d))
+    for d, (domain, res) in targets.items():
+        domains[d] = domain
         metrics[d] = res
     meta = bundle_meta(model_name, metrics, items, tracking.data_version(paths=[cfg.in_dir]), "finetune")
     return export_bundle(cfg.bundle, domains, meta)
@@ -228,14 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.start_run("finetune", {"finetune": asdict(cfg), "evaluate": asdict(ev)},
                             data_paths=[cfg.in_dir, cfg.multitask_dir]):
         metrics: dict[str, dict] = {}
-        saved: dict[str, tuple[MultiTaskRecommender, dict]] = {}
+        saved: dict[str, tuple[DomainBundle, dict]] = {}
         for domain in cfg.domains:
             if cfg.target_items == "pretrained" and domain not in items.source_domains:
                 log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
             data = domain_data(prepared, domain)
             metrics[domain], model = run_target(source, items, data, cfg, ev)
             if model is not None:
-                saved[domain] = (model, metrics[domain][f"{cfg.save_mode}@{max(cfg.fractions):g}"])
+                saved[domain] = (domain_bundle(model, data, raw_user_ids(prepared, domain)),
+                                 metrics[domain][f"{cfg.save_mode}@{max(cfg.fractions):g}"])
                 save_checkpoint(Path(cfg.out_dir) / domain / CHECKPOINT, model, args=model.config(),
                                 params={"finetune": asdict(cfg), "evaluate": asdict(ev)},
                                 meta={"domain": domain, "mode": cfg.save_mode, "fraction": max(cfg.fractions),
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, payload in ((cfg.metrics, metrics), (cfg.plot, plot_rows(metrics, cfg.fractions))):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        bundle = export_family_bundle(cfg, saved, prepared, items)
+        bundle = export_family_bundle(cfg, saved, items)
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
         if bundle is not None:
