@@ -31,15 +31,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from m6rec.config import load_params, section
+from m6rec.config import GraphParams, PretrainParams, ProtocolParams, load_params, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
-from m6rec.evaluation.protocol import EvaluateParams, evaluate_split
+from m6rec.evaluation.protocol import evaluate_split
 from m6rec.graph.build import BipartiteGraph, build_graph
 from m6rec.log import setup_logging
 from m6rec.runtime import set_threads
-from m6rec.stages.graph import GraphParams
-from m6rec.stages.pretrain import PretrainParams, domain_scorer, evaluate_model, text_inputs, train
-from m6rec.stages.text_embeddings import load_embeddings
+from m6rec.text.embeddings import load_embeddings
+from m6rec.training.pretrain import domain_layout, evaluate_model, text_inputs, train
 
 log = logging.getLogger("bench_domain_transfer")
 SPLITS = ("test", "cold")
@@ -53,18 +52,29 @@ def history_mean(train: sp.csr_matrix, item_vecs: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(norm @ item_vecs.numpy(), dtype=np.float32))
 
 
-def evaluate_vectors(data: DomainData, user_vecs: torch.Tensor, item_vecs: torch.Tensor, ev: EvaluateParams) -> dict:
-    score = domain_scorer(user_vecs, item_vecs, 0, 0, data.n_items)
+def vector_scorer(user_vecs: torch.Tensor, item_vecs: torch.Tensor, user_offset: int, item_offset: int,
+                  n_items: int):
+    """Scores of a domain's local users against that domain's items, from global vector tables."""
+    items = item_vecs[item_offset: item_offset + n_items]
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return user_vecs[torch.from_numpy(user_offset + np.asarray(users, dtype=np.int64))] @ items.t()
+
+    return score
+
+
+def evaluate_vectors(data: DomainData, user_vecs: torch.Tensor, item_vecs: torch.Tensor, ev: ProtocolParams) -> dict:
+    score = vector_scorer(user_vecs, item_vecs, 0, 0, data.n_items)
     return {s: evaluate_split(score, data, s, ev.ks, ev.batch_users) for s in SPLITS}
 
 
-def popularity(data: DomainData, ev: EvaluateParams) -> dict:
+def popularity(data: DomainData, ev: ProtocolParams) -> dict:
     pop = torch.from_numpy(np.asarray(data.train.sum(axis=0), dtype=np.float32).ravel())
     return {s: evaluate_split(lambda u: pop.expand(len(u), -1).clone(), data, s, ev.ks, ev.batch_users)
             for s in SPLITS}
 
 
-def transfer_scores(model, data: DomainData, text: torch.Tensor, has_text: np.ndarray, ev: EvaluateParams) -> dict:
+def transfer_scores(model, data: DomainData, text: torch.Tensor, has_text: np.ndarray, ev: ProtocolParams) -> dict:
     """Text-only scoring of one domain: items = projected text, users = mean over their training items."""
     with torch.no_grad():
         items = model.text_item_vectors(text.float())
@@ -73,7 +83,7 @@ def transfer_scores(model, data: DomainData, text: torch.Tensor, has_text: np.nd
 
 
 def graph_transfer_scores(model, full_graph: BipartiteGraph, text: tuple[torch.Tensor, torch.Tensor], x: str,
-                          data: DomainData, ev: EvaluateParams) -> dict:
+                          data: DomainData, ev: ProtocolParams) -> dict:
     """Propagate the held-out model over a graph that contains X's training edges (X users start at zero)."""
     n_u, n_i = model.n_users, model.n_items  # the held-out model's id space is a prefix of the full graph's
     if full_graph.n_users < n_u or full_graph.n_items < n_i:
@@ -90,7 +100,7 @@ def graph_transfer_scores(model, full_graph: BipartiteGraph, text: tuple[torch.T
         items = items.index_add(0, text_items, model.text_vectors(text_feats))
         out = model.propagate(torch.cat([users, items]), adj=full_graph.adj)
     user_vecs, item_vecs = out[: full_graph.n_users], out[full_graph.n_users:]
-    score = domain_scorer(user_vecs, item_vecs, u_off, i_off, data.n_items)
+    score = vector_scorer(user_vecs, item_vecs, u_off, i_off, data.n_items)
     return {s: evaluate_split(score, data, s, ev.ks, ev.batch_users) for s in SPLITS}
 
 
@@ -112,7 +122,7 @@ def main() -> int:
     cfg = section(params, "pretrain", PretrainParams)
     if args.epochs:
         cfg = replace(cfg, epochs=args.epochs)
-    ev = section(params, "evaluate", EvaluateParams)
+    ev = section(params, "protocol", ProtocolParams)
     sources = list(section(params, "graph", GraphParams).domains)
     in_dir = Path(args.in_dir or cfg.in_dir)
     if not (in_dir / "meta.json").is_file():
@@ -139,7 +149,7 @@ def main() -> int:
         rest = [d for d in sources if d != x]
         graph = build_graph(prepared, rest)
         model, info = train(prepared, graph, text_inputs(emb, mask, graph.n_items), cfg, ev, progress=False)
-        in_domain = evaluate_model(full_model, full_graph, {x: data}, SPLITS, ev)[x]
+        in_domain = evaluate_model(full_model.set_domains(domain_layout(full_graph)), {x: data}, SPLITS, ev)[x]
         results[x] = {
             "transfer": brief(transfer_scores(model, data, text, has_text, ev)),
             "transfer_graph": brief(graph_transfer_scores(model, full_graph, full_text, x, data, ev)),

@@ -43,15 +43,15 @@ TINY_OVERRIDES: dict[str, Any] = {
     "pretrain.embedding_dim": 16,
     "pretrain.num_layers": 2,
     "multitask.domains": ["ml-latest-small"],  # the finetune target below stays out of multi-task training
-    "multitask.epochs": 1,
+    "multitask.train.epochs": 1,
     "multitask.max_len": 20,
     "multitask.n_interests": 2,
     "multitask.hidden": 16,
-    "multitask.valid_users": 0,
+    "multitask.train.valid_users": 0,
     "finetune.domains": ["amazon-office"],
     "finetune.fractions": [0.5, 1.0],
-    "finetune.epochs": 1,
-    "finetune.examples_per_user": 5,
+    "finetune.train.epochs": 1,
+    "finetune.train.examples_per_user": 5,
     "airflow.retries": 0,
 }
 
@@ -62,17 +62,23 @@ def data_mirror() -> Path:
 
 
 def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in params (in place), skipping sections that do not exist yet."""
+    """Set dotted keys (``section.key`` or ``section.sub.key``) in params (in place), skipping sections that do
+    not exist yet."""
     for dotted, value in overrides.items():
-        name, key = dotted.split(".", 1)
+        name, *path, key = dotted.split(".")
         if name not in params:
             continue
         sec = params[name] if params[name] is not None else {}
-        if key not in sec:
-            raise KeyError(f"tests/conftest.py TINY_OVERRIDES['{dotted}']: params.yaml section '{name}' has no "
-                           f"key '{key}' (renamed?); keys: {sorted(sec)}")
-        sec[key] = copy.deepcopy(value)  # no YAML anchors between sections
         params[name] = sec
+        for part in path:
+            sec = sec.get(part)
+            if not isinstance(sec, dict):
+                raise KeyError(f"tests/conftest.py TINY_OVERRIDES['{dotted}']: params.yaml has no mapping "
+                               f"'{name}.{part}' (renamed?)")
+        if key not in sec:
+            raise KeyError(f"tests/conftest.py TINY_OVERRIDES['{dotted}']: params.yaml has no key '{dotted}' "
+                           f"(renamed?); keys there: {sorted(sec)}")
+        sec[key] = copy.deepcopy(value)  # no YAML anchors between sections
     return params
 
 

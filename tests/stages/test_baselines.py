@@ -9,14 +9,16 @@ import numpy as np
 import yaml
 
 from m6rec.evaluation.metrics import rating_metrics
+from m6rec.config import BaselinesParams, ProtocolParams
 from m6rec.stages import baselines
-from m6rec.stages.baselines import BaselinesParams, EvaluateParams, run_domain
+from m6rec.training.baselines import run_domain
 from tests.data_fixtures import REPO
 
 
 def test_models_beat_popularity_on_ml100k(ml100k_full, tmp_path: Path):
     cfg = BaselinesParams(mf_epochs=25, mf_eval_every=5, mf_patience=2)
-    res = run_domain(ml100k_full, cfg, EvaluateParams(), out_dir=tmp_path)
+    res, fitted = run_domain(ml100k_full, cfg, ProtocolParams())
+    baselines.save_models(tmp_path, fitted, cfg)
     pop = res["mostpop"]["test"]["ndcg@10"]
     assert 0 < pop < 1
     for model in ("itemknn", "puresvd", "gfcf", "bprmf"):
@@ -57,7 +59,7 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.meta["model"] == "bprmf"
     assert set(bundle.domains) == {"ml-latest-small", "lastfm-hetrec2011"}
-    assert bundle.meta["metrics"]["lastfm-hetrec2011"]["test"] == metrics["lastfm-hetrec2011"]["bprmf"]["test"]
+    assert bundle.meta["metrics"]["lastfm-hetrec2011"]["bprmf"]["test"] == metrics["lastfm-hetrec2011"]["bprmf"]["test"]
     # And the run is in MLflow with its metrics.
     import mlflow
 

@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.config import ConfigError
+from m6rec.config import FINETUNE_MODES, ConfigError, FinetuneParams, ProtocolParams, TrainParams
 from m6rec.data.dataset import domain_data, load_prepared
-from m6rec.evaluation.protocol import EvaluateParams
+from m6rec.data.sequences import split_histories
 from m6rec.models.multitask import MODE_GROUPS
 from m6rec.stages import finetune, multitask
+from m6rec.training import assembly
 from m6rec.training.checkpoint import load_checkpoint
+from m6rec.training.history import train_model
+from m6rec.training.transfer import finetune_target
 from tests.stages.test_multitask import build_pretrained, params_for
 
 SOURCE, TARGET = "amazon-office", "ml-100k"
@@ -39,8 +42,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def parts(project: Path):
-    source, _ = load_checkpoint(project / "multitask" / multitask.CHECKPOINT)
-    items = multitask.load_pretrained(project / "pretrain", project / "graph")
+    source, _ = load_checkpoint(project / "multitask" / assembly.CHECKPOINT)
+    items = assembly.load_pretrained(project / "pretrain", project / "graph")
     data = domain_data(load_prepared(project / "validated"), TARGET)
     return source, items, data
 
@@ -62,16 +65,16 @@ def test_stage_measures_every_mode_and_fraction(project: Path):
     rows = json.loads((project / "plots" / "finetune.json").read_text())
     assert [r["fraction"] for r in rows] == [0.5, 1.0]
     for r in rows:
-        assert set(r) == {"fraction"} | {f"{TARGET}/{m}" for m in finetune.MODES}
+        assert set(r) == {"fraction"} | {f"{TARGET}/{m}" for m in FINETUNE_MODES}
         assert r[f"{TARGET}/zero_shot"] == runs["zero_shot"]["test"]["ndcg@10"]  # a level line
     assert rows[1][f"{TARGET}/full"] == runs["full@1"]["test"]["ndcg@10"]
 
 
 def test_saved_model_is_the_full_fine_tune_on_all_users(project: Path):
-    model, info = load_checkpoint(project / "finetune" / TARGET / finetune.CHECKPOINT)
+    model, info = load_checkpoint(project / "finetune" / TARGET / assembly.CHECKPOINT)
     assert model.domains == [TARGET] and info["meta"]["mode"] == "full" and info["meta"]["fraction"] == 1.0
     assert info["meta"]["source_domains"] == [SOURCE]
-    assert info["params"]["finetune"]["epochs"] == FAST["epochs"]
+    assert info["params"]["finetune"]["train"]["epochs"] == FAST["epochs"]
 
 
 def test_family_bundle_serves_source_domains_and_the_fine_tuned_target(project: Path, parts):
@@ -85,11 +88,12 @@ def test_family_bundle_serves_source_domains_and_the_fine_tuned_target(project: 
     assert set(family.domains) == {SOURCE, TARGET} and family.meta["model"] == "attention_mt-finetune-full"
     np.testing.assert_array_equal(family.domains[SOURCE].item_vectors, source_bundle.domains[SOURCE].item_vectors)
     runs = json.loads((project / "metrics" / "finetune.json").read_text())[TARGET]
-    assert family.meta["metrics"][TARGET]["valid"] == runs["full@1"]["valid"]
-    assert family.meta["metrics"][SOURCE] == source_bundle.meta["metrics"][SOURCE]
-    saved, _ = load_checkpoint(project / "finetune" / TARGET / finetune.CHECKPOINT)
+    assert family.meta["metrics"][TARGET][family.meta["model"]]["valid"] == runs["full@1"]["valid"]
+    assert (family.meta["metrics"][SOURCE][family.meta["model"]]
+            == source_bundle.meta["metrics"][SOURCE][source_bundle.meta["model"]])
+    saved, _ = load_checkpoint(project / "finetune" / TARGET / assembly.CHECKPOINT)
     _, _, data = parts
-    hist = torch.from_numpy(multitask.split_histories(data, saved.encoder.max_len)["test"])
+    hist = torch.from_numpy(split_histories(data, saved.encoder.max_len)["test"])
     u = int(torch.nonzero((hist >= 0).sum(1) >= 2).view(-1)[0])
     target = family.domains[TARGET]
     scores = Recommender(family).domains[TARGET].scorer.users(torch.tensor([u]))
@@ -101,24 +105,24 @@ def test_family_bundle_serves_source_domains_and_the_fine_tuned_target(project: 
 def test_user_subsets_are_seeded_nested_and_sized(parts):
     _, _, data = parts
     eligible = np.flatnonzero(np.diff(data.train.indptr) >= 2)
-    small, half, every = (finetune.user_subset(data, f, seed=3) for f in (0.1, 0.5, 1.0))
+    small, half, every = (assembly.user_subset(data, f, seed=3) for f in (0.1, 0.5, 1.0))
     assert set(small) <= set(half) <= set(every) and np.array_equal(every, eligible)
     assert len(half) == round(0.5 * len(eligible)) and len(small) == round(0.1 * len(eligible))
-    assert np.array_equal(small, finetune.user_subset(data, 0.1, seed=3))
-    assert not np.array_equal(small, finetune.user_subset(data, 0.1, seed=4))
+    assert np.array_equal(small, assembly.user_subset(data, 0.1, seed=3))
+    assert not np.array_equal(small, assembly.user_subset(data, 0.1, seed=4))
 
 
 @pytest.mark.parametrize("mode", ["efficient", "full", "scratch"])
 def test_training_changes_exactly_the_parameters_the_mode_claims(parts, mode):
     source, items, data = parts
-    users = finetune.user_subset(data, 0.5, seed=0)
-    model = finetune.target_model(source, items, data, mode, "text", 0.1, seed=0, users=users)
+    users = assembly.user_subset(data, 0.5, seed=0)
+    model = assembly.target_model(source, items, data, mode, "text", 0.1, seed=0, users=users)
     groups = model.parameter_groups()
     claimed = {n for g in MODE_GROUPS["full" if mode == "scratch" else mode] for n in groups[g]}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == claimed
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tc = multitask.TrainConfig(epochs=1, examples_per_user=5, negatives=32, batch_size=64, valid_users=0)
-    multitask.train_model(model, {TARGET: data}, tc, EvaluateParams(), users={TARGET: users}, progress=False)
+    tc = TrainParams(epochs=1, examples_per_user=5, negatives=32, batch_size=64, valid_users=0)
+    train_model(model, {TARGET: data}, tc, ProtocolParams(), users={TARGET: users}, progress=False)
     for name, value in model.state_dict().items():
         same = torch.equal(before[name], value)
         if name in claimed:
@@ -131,14 +135,14 @@ def test_non_scratch_modes_start_from_the_source_weights(parts):
     source, items, data = parts
     shared = source.shared_state()
     for mode in ("zero_shot", "efficient", "full"):
-        model = finetune.target_model(source, items, data, mode, "text", 0.1, seed=0)
+        model = assembly.target_model(source, items, data, mode, "text", 0.1, seed=0)
         for name, value in shared.items():
             torch.testing.assert_close(model.state_dict()[name], value, msg=f"{mode}: {name}")
         assert not model.table(0).base.any()  # target_items "text": the target's items come from text alone
         assert model.table(0).text.float().abs().sum() > 0
-    scratch = finetune.target_model(source, items, data, "scratch", "text", 0.1, seed=0)
+    scratch = assembly.target_model(source, items, data, "scratch", "text", 0.1, seed=0)
     assert not torch.equal(scratch.state_dict()["encoder.queries"], shared["encoder.queries"])
-    pretrained = finetune.target_model(source, items, data, "full", "pretrained", 0.1, seed=0)
+    pretrained = assembly.target_model(source, items, data, "full", "pretrained", 0.1, seed=0)
     torch.testing.assert_close(pretrained.table(0).base, torch.from_numpy(items.base[TARGET]))
 
 
@@ -146,9 +150,9 @@ def test_a_target_the_source_trained_on_is_refused(parts):
     source, items, data = parts
     renamed = dataclasses.replace(data, name=SOURCE)
     with pytest.raises(ConfigError, match="zero-shot would not be zero-shot"):
-        finetune.run_target(source, items, renamed, finetune.FinetuneParams(domains=(SOURCE,)), EvaluateParams(),
-                            progress=False)
+        finetune_target(source, items, renamed, FinetuneParams(domains=(SOURCE,)), ProtocolParams(),
+                        progress=False)
     with pytest.raises(ConfigError, match="modes"):
-        finetune.FinetuneParams(modes=("zero_shot", "lora"))
+        FinetuneParams(modes=("zero_shot", "lora"))
     with pytest.raises(ConfigError, match="fractions"):
-        finetune.FinetuneParams(fractions=(0.0, 1.0))
+        FinetuneParams(fractions=(0.0, 1.0))

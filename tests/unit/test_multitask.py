@@ -12,11 +12,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from m6rec.data.dataset import DomainData, domain_data
 from m6rec.evaluation.metrics import rating_metrics
-from m6rec.evaluation.protocol import EvaluateParams
+from m6rec.config import MultitaskParams, ProtocolParams, TrainParams
+from m6rec.evaluation.history import evaluate_model
 from m6rec.models.multitask import GROUPS, MODE_GROUPS, Batch, MultiTaskRecommender
-from m6rec.stages.multitask import (ExampleSampler, MultitaskParams, PretrainedItems, TrainConfig, architecture,
-                                    build_model, evaluate_model, svd_items, train_config, train_model)
+from m6rec.models.pretrained import PretrainedItems
+from m6rec.training.assembly import architecture, build_model
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
+from m6rec.training.history import ExampleSampler, train_model
+from tests.pretrained_fixtures import svd_items
 
 ARCH = architecture(MultitaskParams(max_len=20, n_interests=3, hidden=16))
 ALL_TASKS = {"retrieval": 1.0, "rating": 0.5, "like": 0.5}
@@ -47,7 +50,7 @@ def batches(setup, model, seed=0) -> dict[str, Batch]:
     """The first real training batch of each domain."""
     datas, _ = setup
     sampler = ExampleSampler(datas, {d: model.domain_index(d) for d in datas},
-                             TrainConfig(batch_size=64, negatives=32, seed=seed), model.encoder.max_len)
+                             TrainParams(batch_size=64, negatives=32, seed=seed), model.encoder.max_len)
     out: dict[str, Batch] = {}
     for b in sampler.epoch():
         out.setdefault(model.domains[b.domain], b)
@@ -169,12 +172,13 @@ def test_every_parameter_has_one_group(setup):
 @pytest.mark.slow
 def test_heads_learn_ratings_and_likes_on_ml100k(ml100k_full):
     data = ml100k_full
-    cfg = MultitaskParams(epochs=2, max_len=30, examples_per_user=20, temperature=0.2, valid_users=300, seed=0)
+    cfg = MultitaskParams(max_len=30, temperature=0.2, seed=0,
+                          train=TrainParams(epochs=2, examples_per_user=20, valid_users=300, seed=0))
     model = build_model(svd_items({data.name: data}, 32), {data.name: data}, "attention", ALL_TASKS,
                         architecture(cfg), cfg.seed)
-    info = train_model(model, {data.name: data}, train_config(cfg), EvaluateParams(), progress=False)
+    info = train_model(model, {data.name: data}, cfg.train, ProtocolParams(), progress=False)
     assert info["best_valid"] > info["initial_valid"]
-    res = evaluate_model(model, {data.name: data}, ("test",), (10, 20), train_config(cfg), cfg.max_len)
+    res = evaluate_model(model, {data.name: data}, ("test",), ProtocolParams(), cfg.train)
     test = res[data.name]["test"]
     mean_rmse = rating_metrics(np.full(len(data.frames["test"]), data.frames["train"]["value"].mean()),
                                data.frames["test"]["value"].to_numpy())["rmse"]

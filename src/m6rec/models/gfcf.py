@@ -16,8 +16,12 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import svds
 
+from m6rec.models.base import SingleDomain
 
-class GFCF:
+_CHUNK = 1024  # users scored at once
+
+
+class GFCF(SingleDomain):
     name = "gfcf"
 
     def __init__(self, k: int = 256, alpha: float = 0.3, seed: int = 0) -> None:
@@ -43,6 +47,13 @@ class GFCF:
             self.vt = None
         self.train = r
         return self
+
+    def full_scores(self, domain: str, users: np.ndarray, history: np.ndarray | None = None) -> torch.Tensor:
+        """Scores in chunks of ``_CHUNK`` users: the sparse intermediate ``r_b R̃ᵀ`` grows with the batch."""
+        self.check_domain(domain)
+        users = np.asarray(users, dtype=np.int64)
+        return torch.cat([self.score(users[s:s + _CHUNK]) for s in range(0, len(users), _CHUNK)] or
+                         [torch.zeros(0, self.train.shape[1])])
 
     def score(self, users: np.ndarray) -> torch.Tensor:
         if self.train is None:

@@ -10,8 +10,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from m6rec.models.base import SingleDomain
 
-class ItemKNN:
+
+class ItemKNN(SingleDomain):
     name = "itemknn"
 
     def __init__(self, neighbours: int = 100, shrink: float = 10.0, chunk: int = 2048) -> None:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 from torch_geometric.nn.models.lightgcn import BPRLoss
+
+from m6rec.models.base import DotExport
 
 PROPAGATIONS = ("symmetric", "lgconv")
 
@@ -140,6 +143,7 @@ class TextLightGCN(nn.Module):
             raise ValueError(f"adj must be a sparse CSR tensor of shape ({n}, {n}), got {adj.layout} "
                              f"{tuple(adj.shape)}")
         self.adj = adj
+        self._final = None
         return self
 
     # ---- representations -------------------------------------------------------------------------------------
@@ -205,22 +209,82 @@ class TextLightGCN(nn.Module):
         users, pos, neg = batch
         return self.bpr_loss(users, pos, neg)
 
-    # ---- scoring -----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def recommend(self, users: Tensor, k: int, items: Tensor | None = None, exclude: Tensor | None = None,
-                  embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Top-`k` item ids ``[B, k]`` for global `users` among candidate global `items` (default: all).
+    # ---- the model contract (m6rec.models.base) ------------------------------------------------------------------
+    history_len = 0
+    name = "lightgcn"
 
-        `exclude`: bool ``[B, n_candidates]`` of items not to recommend (e.g. seen ones). `embeddings`: the output
-        of :meth:`forward`, to avoid propagating again.
-        """
-        user_vecs, item_vecs = embeddings if embeddings is not None else self.forward()
-        cand = torch.arange(self.n_items) if items is None else torch.as_tensor(items, dtype=torch.int64)
-        scores = user_vecs[users] @ item_vecs[cand].t()
-        if exclude is not None:
-            scores = scores.masked_fill(exclude, float("-inf"))
-        top = scores.topk(min(k, len(cand)), dim=1).indices
-        return cand[top]
+    def set_domains(self, domains: dict[str, tuple[int, int, int, int]]) -> TextLightGCN:
+        """Name the domains of the global id space: ``{domain: (user_offset, n_users, item_offset, n_items)}``.
+        A domain's users are scored against that domain's items only."""
+        for d, (u0, nu, i0, ni) in domains.items():
+            if u0 < 0 or i0 < 0 or u0 + nu > self.n_users or i0 + ni > self.n_items:
+                raise ValueError(f"domain {d}: users [{u0}, {u0 + nu}) / items [{i0}, {i0 + ni}) outside the "
+                                 f"model's {self.n_users} users / {self.n_items} items")
+        self.domains = {d: tuple(int(x) for x in v) for d, v in domains.items()}
+        return self
+
+    def train(self, mode: bool = True) -> TextLightGCN:
+        self._final = None  # propagated vectors are cached for scoring only while nothing trains
+        return super().train(mode)
+
+    def final_embeddings(self) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` without gradients, cached until the model trains again or its weights change."""
+        cached = getattr(self, "_final", None)
+        if cached is None or self.training or cached[0] is not self.item_emb.weight._version:
+            with torch.no_grad():
+                users, items = self.forward()
+            cached = (self.item_emb.weight._version, users, items)
+            if not self.training:
+                self._final = cached
+        return cached[1], cached[2]
+
+    def _domain(self, domain: str) -> tuple[int, int, int, int]:
+        layout = getattr(self, "domains", None)
+        if not layout:
+            raise ValueError("no domains: call set_domains() first")
+        if domain not in layout:
+            raise KeyError(f"domain '{domain}' is not in this model; it has {sorted(layout)}")
+        return layout[domain]
+
+    @torch.no_grad()
+    def full_scores(self, domain: str, users: np.ndarray, history: np.ndarray | None = None) -> Tensor:
+        """Scores ``[B, n_items of domain]`` of the domain's local `users`."""
+        u0, _, i0, ni = self._domain(domain)
+        user_vecs, item_vecs = self.final_embeddings()
+        rows = torch.from_numpy(u0 + np.asarray(users, dtype=np.int64))
+        return user_vecs[rows] @ item_vecs[i0:i0 + ni].t()
+
+    @torch.no_grad()
+    def export(self, domain: str) -> DotExport:
+        """The domain's propagated user and item vectors; where its items have text, their sentence vectors and
+        the model's own text projection (a never-seen item's vector is ``alpha_0 W t``)."""
+        u0, nu, i0, ni = self._domain(domain)
+        user_vecs, item_vecs = self.final_embeddings()
+        text, projection = None, None
+        if self.text_proj is not None:
+            local = (self.text_items >= i0) & (self.text_items < i0 + ni)
+            if bool(local.any()):
+                text = torch.zeros(ni, self.text_dim, dtype=torch.float32)
+                text[self.text_items[local] - i0] = self.text_feats[local].float()
+                weight, bias = self.text_projection()
+                projection = (weight.numpy().astype(np.float32), bias.numpy().astype(np.float32))
+        return DotExport(item_vectors=item_vecs[i0:i0 + ni].numpy().copy(),
+                         user_vectors=user_vecs[u0:u0 + nu].numpy().copy(),
+                         item_text_vectors=None if text is None else text.numpy(), text_projection=projection)
+
+    @torch.no_grad()
+    def item_inputs(self) -> tuple[Tensor, Tensor | None]:
+        """``(base [n_items, d], text [n_items, text_dim] | None)``: every item's final vector minus its own text
+        term ``alpha_0 W t_i``, and the sentence vectors (zero rows for items without text). A history model that
+        adds ``alpha_0 W t_i`` back (with a trainable W) starts from exactly the pretrained item vectors."""
+        _, items = self.final_embeddings()
+        items = items.clone()
+        if self.text_proj is None:
+            return items, None
+        items[self.text_items] -= float(self.alpha[0]) * self.text_vectors(self.text_feats)
+        text = torch.zeros(self.n_items, self.text_dim, dtype=self.text_feats.dtype)
+        text[self.text_items] = self.text_feats
+        return items, text
 
     def _adj(self, adj: Tensor | None) -> Tensor:
         adj = adj if adj is not None else self.adj

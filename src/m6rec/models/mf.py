@@ -15,8 +15,10 @@ import torch
 from scipy.sparse.linalg import svds
 from torch import nn
 
+from m6rec.models.base import DotExport, SingleDomain
 
-class PureSVD:
+
+class PureSVD(SingleDomain):
     name = "puresvd"
 
     def __init__(self, dim: int = 64, seed: int = 0) -> None:
@@ -37,8 +39,14 @@ class PureSVD:
             raise RuntimeError("PureSVD.score called before fit")
         return self.user_vectors[torch.as_tensor(users)] @ self.item_vectors.T
 
+    def export(self, domain: str) -> DotExport:
+        self.check_domain(domain)
+        if self.user_vectors is None:
+            raise RuntimeError("PureSVD.export called before fit")
+        return DotExport(item_vectors=self.item_vectors.numpy().copy(), user_vectors=self.user_vectors.numpy().copy())
 
-class BPRMF(nn.Module):
+
+class BPRMF(SingleDomain, nn.Module):
     name = "bprmf"
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, reg: float = 1e-4, init_std: float = 0.1) -> None:
@@ -66,6 +74,11 @@ class BPRMF(nn.Module):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user.weight.detach().clone(), self.item.weight.detach().clone()
+
+    def export(self, domain: str) -> DotExport:
+        self.check_domain(domain)
+        users, items = self.factors()
+        return DotExport(item_vectors=items.numpy(), user_vectors=users.numpy())
 
 
 class BiasedALS:

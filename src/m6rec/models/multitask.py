@@ -41,79 +41,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatch
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from m6rec.models.attention import HistoryAttention, Interests, Scored
+from m6rec.models.base import HistoryExport
+from m6rec.models.finetuning import FINETUNE_MODES, GROUPS, MODE_GROUPS, ParameterGroups
+from m6rec.models.item_tables import Batch, Catalogue, ItemTable, _tower
 
 TASKS = ("retrieval", "rating", "like")
-FINETUNE_MODES = ("zero_shot", "efficient", "full")
-# Parameter groups by name pattern (fnmatch); every parameter belongs to exactly one.
-GROUPS = {
-    "encoder": ("encoder.*",),
-    "heads": ("rating_head.*", "like_head.*", "retrieval_log_scale"),
-    "text_projection": ("text_proj.*",),
-    "adapters": ("items.*.recency",),
-    "item_residuals": ("items.*.residual",),
-}
-MODE_GROUPS = {"zero_shot": (), "efficient": ("heads", "adapters", "text_projection"),
-               "full": ("encoder", "heads", "adapters", "text_projection", "item_residuals")}
+_SCORE_BUDGET = 2 ** 25  # floats of [rows, K + 1, n_items] per scoring chunk (128 MB)
 
 
-@dataclass
-class Batch:
-    """One training batch of a single domain (int64 item indices are domain-local)."""
-
-    domain: int  # index into the model's domains
-    history: Tensor  # int64 [B, L]: the items before the target, right-aligned, -1 = padding
-    target: Tensor  # int64 [B]: the next item
-    negatives: Tensor  # int64 [N]: retrieval negatives shared by the batch
-    like_negatives: Tensor  # int64 [B]: one non-interacted item per example (like task, label 0)
-    rating: Tensor  # float32 [B]: the target's rating (explicit domains; NaN elsewhere)
-    like: Tensor  # float32 [B]: 1.0 if the target counts as liked, else 0.0
-    history_rating: Tensor  # float32 [B]: mean rating of the history items (explicit domains; NaN elsewhere)
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """A domain's item vectors ``[n, dim]`` and their attention logits ``[n, K]`` (None for mean pooling)."""
-
-    vectors: Tensor
-    logits: Tensor | None
-
-
-class ItemTable(nn.Module):
-    """One domain's item inputs: frozen ``base`` and ``text`` buffers, trainable ``residual``, the domain's
-    recency bias ``[K, L]`` (None without one) and rating statistics."""
-
-    def __init__(self, n_items: int, dim: int, text_dim: int, recency_shape: tuple[int, int] | None = None,
-                 recency_init: float = 0.0, text_dtype: str = "float16") -> None:
-        super().__init__()
-        self.n_items = int(n_items)
-        self.recency = None
-        if recency_shape is not None:
-            k, length = recency_shape
-            prior = recency_init * torch.linspace(-1.0, 0.0, length) if length > 1 else torch.zeros(length)
-            self.recency = nn.Parameter(prior.expand(k, length).clone())
-        self.register_buffer("base", torch.zeros(self.n_items, dim))
-        self.residual = nn.Parameter(torch.zeros(self.n_items, dim))
-        if text_dim:
-            self.register_buffer("text", torch.zeros(self.n_items, text_dim, dtype=getattr(torch, text_dtype)))
-        else:
-            self.text = None
-        # mean, low, high of training ratings (explicit domains); zeros elsewhere
-        self.register_buffer("rating_stats", torch.zeros(3))
-
-
-def _tower(in_dim: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-
-class MultiTaskRecommender(nn.Module):
+class MultiTaskRecommender(ParameterGroups):
     """Shared history encoder and task heads over per-domain item tables (see the module docstring).
 
     Args:
@@ -195,36 +138,14 @@ class MultiTaskRecommender(nn.Module):
         return self.items[f"d{domain}"]  # type: ignore[return-value]
 
     # ---- inputs ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def set_items(self, domain: int, base: Tensor | None = None, text: Tensor | None = None,
                   rating_stats: Sequence[float] | None = None) -> None:
-        """Fill a domain's frozen inputs: base vectors ``[n, dim]``, sentence vectors ``[n, text_dim]``,
-        (mean, low, high) of its training ratings."""
-        table = self.table(domain)
-        if base is not None:
-            if tuple(base.shape) != tuple(table.base.shape):
-                raise ValueError(f"base for domain {self.domains[domain]} must be {tuple(table.base.shape)}, "
-                                 f"got {tuple(base.shape)}")
-            table.base.copy_(base)
-        if text is not None:
-            if table.text is None or tuple(text.shape) != tuple(table.text.shape):
-                want = None if table.text is None else tuple(table.text.shape)
-                raise ValueError(f"text for domain {self.domains[domain]} must be {want}, got {tuple(text.shape)}")
-            table.text.copy_(text.to(table.text.dtype))
-        if rating_stats is not None:
-            table.rating_stats.copy_(torch.as_tensor(rating_stats, dtype=torch.float32))
+        """Fill a domain's frozen inputs (:meth:`ItemTable.fill`)."""
+        self.table(domain).fill(self.domains[domain], base, text, rating_stats)
 
-    @torch.no_grad()
     def set_recency(self, domain: int, recency: Tensor | float) -> None:
-        """Set a domain's recency adapter: a ``[K, L]`` table, or the slope of the linear prior (0 = flat, for
-        domains whose interactions have no meaningful order)."""
-        table = self.table(domain)
-        if table.recency is None:
-            return
-        if isinstance(recency, (int, float)):
-            length = table.recency.shape[1]
-            recency = float(recency) * torch.linspace(-1.0, 0.0, length) if length > 1 else torch.zeros(length)
-        table.recency.copy_(torch.as_tensor(recency).expand_as(table.recency))
+        """Set a domain's recency adapter (:meth:`ItemTable.set_recency`)."""
+        self.table(domain).set_recency(recency)
 
     def item_vectors(self, domain: int, items: Tensor | None = None) -> Tensor:
         """``v_i`` of `items` (default: the whole catalogue) of one domain ``[n, dim]``."""
@@ -355,47 +276,84 @@ class MultiTaskRecommender(nn.Module):
         out = {"score": (user * item).sum(-1), "like": torch.sigmoid(self.like_logit(x)), "attention": attention}
         if self.explicit[domain]:
             _, low, high = self.table(domain).rating_stats.tolist()
-            out["rating"] = self.rating_output(domain, x).clamp(low, high)
+            if self.task_weights["rating"] > 0:
+                out["rating"] = self.rating_output(domain, x).clamp(low, high)
+            elif bool(self.table(domain).rating_calibration[2] > 0):
+                a, b, _ = self.table(domain).rating_calibration.tolist()
+                out["rating"] = (a + b * out["score"]).clamp(low, high)
         return out
 
-    # ---- fine-tuning -------------------------------------------------------------------------------------------
-    def parameter_groups(self) -> dict[str, list[str]]:
-        """Parameter names of each group in :data:`GROUPS` (every parameter is in exactly one)."""
-        groups: dict[str, list[str]] = {g: [] for g in GROUPS}
-        for name, _ in self.named_parameters():
-            owners = [g for g, patterns in GROUPS.items() if any(fnmatch(name, p) for p in patterns)]
-            if len(owners) != 1:
-                raise RuntimeError(f"parameter {name} belongs to groups {owners}; fix GROUPS")
-            groups[owners[0]].append(name)
-        return groups
+    @torch.no_grad()
+    def calibrate_ratings(self, domain: int, scores: Tensor, ratings: Tensor) -> tuple[float, float]:
+        """Least-squares ``rating ~ a + b * score`` (e.g. over training pairs, each scored with its own past),
+        stored for :meth:`predict_pairs` when the rating head is not trained (task weight 0)."""
+        a_mat = np.stack([np.ones(len(scores)), scores.numpy()], axis=1).astype(np.float64)
+        (a, b), *_ = np.linalg.lstsq(a_mat, ratings.numpy().astype(np.float64), rcond=None)
+        self.table(domain).rating_calibration.copy_(torch.tensor([a, b, 1.0]))
+        return float(a), float(b)
 
-    def set_trainable_groups(self, groups: Sequence[str]) -> list[str]:
-        """Freeze every parameter outside `groups` (names of :data:`GROUPS`); returns the trainable names."""
-        unknown = sorted(set(groups) - set(GROUPS))
-        if unknown:
-            raise ValueError(f"unknown parameter groups {unknown}; groups: {list(GROUPS)}")
-        by_group = self.parameter_groups()
-        trainable = {n for g in groups for n in by_group[g]}
-        for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
-        return sorted(trainable)
+    # ---- the model contract (m6rec.models.base) ------------------------------------------------------------------
+    name = "multitask"
 
-    def set_trainable(self, mode: str) -> list[str]:
-        """Freeze every parameter outside the groups of fine-tuning `mode` (:data:`MODE_GROUPS`)."""
-        if mode not in MODE_GROUPS:
-            raise ValueError(f"unknown fine-tuning mode {mode!r}; modes: {list(MODE_GROUPS)}")
-        return self.set_trainable_groups(MODE_GROUPS[mode])
+    @property
+    def history_len(self) -> int:
+        return self.encoder.max_len
 
-    def shared_state(self) -> dict[str, Tensor]:
-        """Weights that do not depend on a domain's catalogue (encoder, heads, logit scale, text projection)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("items.")}
+    def _version(self) -> tuple[int, ...]:
+        return tuple(t._version for t in (*self.parameters(), *self.buffers()))
 
-    def load_shared(self, state: dict[str, Tensor]) -> None:
-        """Load :meth:`shared_state` of another model built with the same dims (catalogues may differ)."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("items.")]
-        if missing or unexpected:
-            raise ValueError(f"shared weights do not fit: missing {missing}, unexpected {list(unexpected)}")
+    def cached_catalogue(self, domain: int) -> Catalogue:
+        """:meth:`catalogue`, kept until a weight changes or the model trains (scoring calls it batch after
+        batch)."""
+        cache = self.__dict__.setdefault("_catalogues", {})
+        version = self._version()
+        hit = cache.get(domain)
+        if self.training or hit is None or hit[0] != version:
+            hit = (version, self.catalogue(domain))
+            if not self.training:
+                cache[domain] = hit
+        return hit[1]
+
+    @torch.no_grad()
+    def full_scores(self, domain: str, users: np.ndarray, history: np.ndarray | None = None) -> Tensor:
+        """Scores ``[B, n_items]`` of padded histories ``[B, max_len]`` (the users' ids are not used); rows are
+        scored in chunks so that the per-interest scores stay within a fixed memory budget."""
+        if history is None:
+            raise ValueError("the history model scores users from their history: pass history [B, max_len]")
+        k = self.domain_index(domain)
+        cat = self.cached_catalogue(k)
+        rows = max(1, _SCORE_BUDGET // (self.encoder.n_total * max(1, self.n_items[k])))
+        hist = torch.as_tensor(np.asarray(history, dtype=np.int64))
+        parts = [self.score(k, hist[s:s + rows], cat).scores for s in range(0, len(hist), rows)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.n_items[k])
+
+    @torch.no_grad()
+    def top_k(self, domain: str, history: np.ndarray, k: int, exclude: tuple[Tensor, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """Exact top-`k` ``(scores, items)`` of padded histories, without the full softmax gate
+        (:meth:`HistoryAttention.top_k`); ``exclude``: (row, item) pairs left out."""
+        d = self.domain_index(domain)
+        cat = self.cached_catalogue(d)
+        interests = self._history(d, torch.as_tensor(np.asarray(history, dtype=np.int64)), cat)
+        rows, cols = exclude if exclude is not None else (None, None)
+        return self.encoder.top_k(interests, cat.vectors, k, rows, cols)
+
+    @torch.no_grad()
+    def export(self, domain: str) -> HistoryExport:
+        """The domain's item vectors, the history pooling's weights and the domain's recency adapter (serving
+        rebuilds :class:`HistoryAttention` from them and scores exactly as :meth:`score`)."""
+        k = self.domain_index(domain)
+        enc, table = self.encoder, self.table(k)
+        config = {"dim": enc.dim, "n_interests": int(self._args["n_interests"]), "max_len": enc.max_len,
+                  "pooling": enc.pooling, "hidden": enc.hidden}
+        text = None
+        if table.text is not None and bool(table.text.abs().sum() > 0):
+            text = table.text.float().numpy()
+        return HistoryExport(
+            item_vectors=self.catalogue(k).vectors.float().numpy(), config=config,
+            weights={n: t.detach().float().numpy().copy() for n, t in enc.state_dict().items()},
+            recency=None if table.recency is None else table.recency.detach().float().numpy().copy(),
+            item_text_vectors=text)
 
 
 __all__ = ["Batch", "Catalogue", "ItemTable", "MultiTaskRecommender", "TASKS", "FINETUNE_MODES", "GROUPS",

@@ -6,8 +6,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from m6rec.models.base import SingleDomain
 
-class MostPopular:
+
+class MostPopular(SingleDomain):
     name = "mostpop"
 
     def __init__(self) -> None:

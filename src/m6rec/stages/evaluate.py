@@ -11,9 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from m6rec.config import section
-from m6rec.evaluation.protocol import EvaluateParams
-from m6rec.stages.cli import stage_params
+from m6rec.config import EvaluateParams, section
+from m6rec.stage_io import stage_params, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(table, cfg.metric, cfg.reference)
     rows = [{"model": f"{d}/{m}", "domain": d, f"test_{cfg.metric}": v}
             for d, s in summary.items() for m, v in s["models"].items()]
-    for path, text in ((cfg.summary, json.dumps(summary, indent=2)), (cfg.plot, json.dumps(rows, indent=2)),
-                       (cfg.report, report_markdown(summary, cfg.metric, cfg.reference))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+    write_json(cfg.summary, summary)
+    write_json(cfg.plot, rows)
+    write_text(cfg.report, report_markdown(summary, cfg.metric, cfg.reference))
     for domain, s in summary.items():
         log.info("%s: best %s (%s %.4f; %s %s)", domain, s["best_model"], cfg.metric, s[f"best_test_{cfg.metric}"],
                  cfg.reference, s[f"{cfg.reference}_test_{cfg.metric}"])

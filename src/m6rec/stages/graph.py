@@ -6,28 +6,15 @@ CSR) and graph.json, and the node/edge counts to `metrics`. See :mod:`m6rec.grap
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from m6rec.config import section
+from m6rec.config import GraphParams, section
 from m6rec.data.dataset import load_prepared
 from m6rec.graph.build import build_graph, save_graph
-from m6rec.stages.cli import stage_params
+from m6rec.stage_io import stage_params, write_json
 
 log = logging.getLogger(__name__)
-
-TEXT_DOMAINS = ("ml-latest-small", "ml-100k", "amazon-office", "amazon-scientific", "lastfm-hetrec2011")
-
-
-@dataclass(frozen=True)
-class GraphParams:
-    in_dir: str = "data/validated"  # canonical data that passed the checks
-    out_dir: str = "data/graph"  # graph.pt + graph.json
-    metrics: str = "metrics/graph.json"  # node and edge counts
-    domains: tuple[str, ...] = TEXT_DOMAINS  # source domains whose training interactions become edges
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = build_graph(prepared, list(cfg.domains))
     counts = save_graph(graph, cfg.out_dir)
     counts["build_s"] = round(time.perf_counter() - t0, 2)
-    Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.metrics).write_text(json.dumps(counts, indent=2), encoding="utf-8")
+    write_json(cfg.metrics, counts)
     log.info("graph: %d nodes (%d users, %d items), %d edges from %s -> %s (%.1fs)", counts["n_nodes"],
              counts["n_users"], counts["n_items"], counts["n_edges"], ", ".join(graph.source_domains), cfg.out_dir,
              counts["build_s"])

@@ -15,7 +15,7 @@ from m6rec.data.parsers import parse
 from m6rec.data.prepare import SplitParams, canonicalise, combine
 from m6rec.data.sources import load_registry
 from m6rec.stages.download import DataParams
-from m6rec.stages.cli import stage_params
+from m6rec.stage_io import stage_params
 
 log = logging.getLogger(__name__)
 

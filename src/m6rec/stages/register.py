@@ -40,7 +40,7 @@ from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import evaluate_split
 from m6rec.serving.bundle import Bundle, load_bundle, raw_user_ids, read_meta
 from m6rec.serving.scoring import DomainScorer
-from m6rec.stages.cli import stage_params
+from m6rec.stage_io import stage_params
 
 log = logging.getLogger(__name__)
 

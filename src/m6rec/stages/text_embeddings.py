@@ -1,135 +1,40 @@
 """Stage `text_embeddings`: every item's text -> one sentence-encoder vector, in global item order.
 
-Writes to `out_dir`: ``embeddings.npy`` (float16/float32 [n_items_total, dim], zero rows for items without text),
-``mask.npy`` (bool [n_items_total], True where the item has text) and ``meta.json`` (encoder, dim, domain order,
-item offsets, counts). Vectors are cached by (encoder, max_seq_length, sha256 of the text) in `cache_dir`, a
-separate persistent DVC output, so a rerun only encodes items whose text changed.
+Writes `out_dir` (:mod:`m6rec.text.embeddings`: embeddings.npy, mask.npy, meta.json). Vectors are cached by
+(encoder, max_seq_length, sha256 of the text) in `cache_dir`, a separate persistent DVC output, so a rerun only
+encodes items whose text changed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import torch
 
-from m6rec.config import section
-from m6rec.data.dataset import Prepared, global_offsets, load_prepared
-from m6rec.models import text as text_model
-from m6rec.stages.cli import stage_params
+from m6rec.config import TextEmbeddingsParams, section
+from m6rec.data.dataset import load_prepared
+from m6rec.stage_io import stage_params
+from m6rec.text.cache import cache_name, load_cache, save_cache
+from m6rec.text.embeddings import embed_items, save_embeddings
 
 log = logging.getLogger(__name__)
-
-EMBEDDINGS = "embeddings.npy"
-MASK = "mask.npy"
-META = "meta.json"
-
-
-@dataclass(frozen=True)
-class TextEmbeddingsParams:
-    in_dir: str = "data/validated"  # canonical data that passed the checks
-    out_dir: str = "data/embeddings"  # embeddings.npy, mask.npy, meta.json
-    cache_dir: str = "data/embeddings_cache"  # persistent (encoder, text sha) -> vector cache
-    encoder: str = text_model.DEFAULT_ENCODER  # sentence-transformers model: packaged name, local folder or cached id
-    max_seq_length: int = 128  # tokens kept per text (longer texts are truncated); 0 = the encoder's own limit
-    batch_size: int = 64  # texts per encoder batch
-    num_threads: int = 1  # torch threads while encoding (1 is fastest on this small shared machine)
-    dtype: str = "float16"  # float16 | float32: storage type of embeddings.npy
-    only_interacted: bool = False  # True: encode only items with at least one interaction (fast tiny runs)
-
-
-def item_texts(prepared: Prepared) -> tuple[list[str], dict[str, int]]:
-    """Every item's text in global item order (all prepared domains), and the item offsets."""
-    offsets = global_offsets(prepared.meta, "item")
-    n_total = sum(int(prepared.meta["per_domain"][d]["n_items"]) for d in prepared.domains)
-    items = prepared.items
-    gid = items["item"].to_numpy(dtype=np.int64) + pd.Series(offsets).reindex(items["domain"]).to_numpy(np.int64)
-    texts = [""] * n_total
-    if len(gid) and (gid.min() < 0 or gid.max() >= n_total):
-        raise ValueError(f"items.parquet has item ids outside the {n_total} items declared in meta.json")
-    for g, t in zip(gid.tolist(), items["text"].fillna("").tolist()):
-        texts[g] = t
-    return texts, offsets
-
-
-def run(prepared: Prepared, cfg: TextEmbeddingsParams, encode: text_model.EncodeFn | None = None,
-        cache: text_model.EmbeddingCache | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Embed every item's text; returns (embeddings in `cfg.dtype`, mask, meta). Loads the encoder lazily."""
-    if cfg.dtype not in ("float16", "float32"):
-        raise ValueError(f"params.yaml text_embeddings.dtype must be float16 or float32, got {cfg.dtype!r}")
-    texts, offsets = item_texts(prepared)
-    if cfg.only_interacted:
-        active = np.zeros(len(texts), dtype=bool)
-        inter = prepared.interactions
-        active[inter["item"].to_numpy(np.int64) + pd.Series(offsets).reindex(inter["domain"]).to_numpy(np.int64)] = True
-        texts = [t if a else "" for t, a in zip(texts, active)]
-    cache = cache if cache is not None else text_model.EmbeddingCache()
-    n_new = sum(1 for t in {t for t in texts if t.strip()} if text_model.text_sha(t) not in cache)
-
-    def lazy_encode(batch: list[str]) -> np.ndarray:
-        fn = encode
-        if fn is None:
-            model = text_model.load_encoder(cfg.encoder, cfg.max_seq_length or None)
-            fn = text_model.encode_fn(model, cfg.batch_size, progress=True)
-        return fn(batch)
-
-    t0 = time.perf_counter()
-    log.info("text_embeddings: %d items, %d distinct new texts to encode with %s", len(texts), n_new, cfg.encoder)
-    vecs, mask, stats = text_model.embed_texts(texts, lazy_encode, cache)
-    seconds = time.perf_counter() - t0
-    n_items = {d: int(prepared.meta["per_domain"][d]["n_items"]) for d in prepared.domains}
-    meta = {
-        "encoder": cfg.encoder,
-        "max_seq_length": cfg.max_seq_length,
-        "dim": int(vecs.shape[1]),
-        "dtype": cfg.dtype,
-        "domains": prepared.domains,
-        "item_offsets": offsets,
-        "n_items": n_items,
-        "n_with_text_per_domain": {d: int(mask[offsets[d]: offsets[d] + n].sum()) for d, n in n_items.items()},
-        **stats,
-        "encode_s": round(seconds, 2),
-        "texts_per_s": round(stats["n_encoded"] / seconds, 1) if stats["n_encoded"] and seconds > 0 else None,
-    }
-    return vecs.astype(cfg.dtype), mask, meta
-
-
-def save(out_dir: Path, vecs: np.ndarray, mask: np.ndarray, meta: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / EMBEDDINGS, vecs)
-    np.save(out_dir / MASK, mask)
-    (out_dir / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-
-def load_embeddings(folder: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(embeddings [n_items_total, dim], mask [n_items_total], meta) as written by this stage."""
-    folder = Path(folder)
-    if not (folder / META).is_file():
-        raise FileNotFoundError(f"{folder} has no text embeddings (missing {META}): run `dvc repro text_embeddings`")
-    meta = json.loads((folder / META).read_text(encoding="utf-8"))
-    return np.load(folder / EMBEDDINGS), np.load(folder / MASK), meta
 
 
 def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
-    text_model.set_offline()  # before anything imports huggingface_hub
-    import torch
-
     cfg = section(params, "text_embeddings", TextEmbeddingsParams)
     torch.set_num_threads(cfg.num_threads)
     prepared = load_prepared(cfg.in_dir)
-    cache_path = Path(cfg.cache_dir) / f"{text_model.cache_name(cfg.encoder, cfg.max_seq_length or None)}.npz"
-    cache = text_model.load_cache(cache_path)
+    cache_path = Path(cfg.cache_dir) / f"{cache_name(cfg.encoder, cfg.max_seq_length or None)}.npz"
+    cache = load_cache(cache_path)
     log.info("text cache %s: %d vectors", cache_path, len(cache))
-    vecs, mask, meta = run(prepared, cfg, cache=cache)
+    vecs, mask, meta = embed_items(prepared, cfg, cache=cache)
     if meta["n_encoded"]:
-        text_model.save_cache(cache, cache_path)
+        save_cache(cache, cache_path)
     meta["params"] = asdict(cfg)
-    save(Path(cfg.out_dir), vecs, mask, meta)
+    save_embeddings(Path(cfg.out_dir), vecs, mask, meta)
     log.info("text_embeddings: %d/%d items with text, %d encoded (%.1fs), %d from cache -> %s",
              int(mask.sum()), len(mask), meta["n_encoded"], meta["encode_s"], meta["n_cache_hits"], cfg.out_dir)
     return 0

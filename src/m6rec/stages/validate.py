@@ -20,7 +20,7 @@ import pandas as pd
 
 from m6rec.config import ConfigError, section
 from m6rec.data import schema
-from m6rec.stages.cli import stage_params
+from m6rec.stage_io import stage_params
 from m6rec.data.expectations import (
     Outcome,
     Thresholds,
