@@ -11,11 +11,13 @@ Figures: a candidate's comes from its bundle's own ``meta["metrics"]`` (the metr
 {split: {metric: v}}}}``, model = ``meta["model"]``; older bundles' ``{domain: {split: ...}}`` is read too, see
 :func:`m6rec.serving.bundle.meta_metrics`) when its bundle's ``meta["data_version"]`` is the current version of
 ``data_dir`` and the meta records metrics, else the bundle is evaluated on the current data. A candidate's
-``metrics`` file is accepted for compatibility and reported, not read: the bundle carries the same figures. The champion's comes from its version tags (``register.metric``,
-``register.metric_value``, ``register.domains``, ``register.data_version``) when metric, domains and data version
-match, else its bundle is downloaded from the registry and evaluated on the current data. Evaluation uses
-``m6rec.evaluation.protocol.evaluate_split`` with the bundle's dot-product scores, users and items matched to the
-current data by raw id (ids the bundle lacks score 0). A domain a bundle does not serve counts as 0.
+``metrics`` file is accepted for compatibility and reported, not read: the bundle carries the same figures.
+
+The champion's comes from its version tags (``register.metric``, ``register.metric_value``, ``register.domains``,
+``register.data_version``) when metric, domains and data version match, else its bundle is downloaded from the
+registry and evaluated on the current data. Evaluation uses ``m6rec.evaluation.protocol.evaluate_split`` with the
+bundle's own scores (:class:`m6rec.serving.scoring.DomainScorer`), users and items matched to the current data by raw
+id (ids the bundle lacks score 0). A domain a bundle does not serve counts as 0.
 
 Writes ``report`` (reports/promotion.json: decision, both figures, versions) and logs it to the MLflow run.
 """
