@@ -115,8 +115,9 @@ def domain_bundle(spec: DotExport | HistoryExport, data: DomainData, raw_user: S
     A dot export's own text projection is kept only where the domain has item text vectors (a domain without text
     was not part of what the projection was trained on); a history export's projection is always fitted.
     """
-    rows = np.shape(spec.item_vectors)[0] if np.ndim(spec.item_vectors) == 2 else None
-    if rows != data.n_items:
+    if not isinstance(spec, (DotExport, HistoryExport)):
+        raise TypeError(f"{data.name}: expected a DotExport or HistoryExport, got {type(spec).__name__}")
+    if np.ndim(spec.item_vectors) != 2 or np.shape(spec.item_vectors)[0] != data.n_items:
         raise BundleError(f"{data.name}: the export's item_vectors have shape {np.shape(spec.item_vectors)}, "
                           f"expected [{data.n_items}, d] (the domain's items)")
     if isinstance(spec, HistoryExport):
@@ -126,19 +127,17 @@ def domain_bundle(spec: DotExport | HistoryExport, data: DomainData, raw_user: S
             recency=None if spec.recency is None else np.asarray(spec.recency, dtype=np.float32))
         return make_domain_bundle(data, raw_user, spec.item_vectors, None, item_text_vectors=spec.item_text_vectors,
                                   ridge_alpha=ridge_alpha, scorer=scorer)
-    if isinstance(spec, DotExport):
-        if np.shape(spec.user_vectors)[:1] != (data.n_users,):
-            raise BundleError(f"{data.name}: the export's user_vectors have shape {np.shape(spec.user_vectors)}, "
-                              f"expected [{data.n_users}, d] (the domain's users)")
-        projection = None
-        if spec.text_projection is not None and spec.item_text_vectors is not None:
-            weight, bias = spec.text_projection
-            projection = TextProjection(weight=np.asarray(weight, dtype=np.float32),
-                                        bias=np.asarray(bias, dtype=np.float32))
-        return make_domain_bundle(data, raw_user, spec.item_vectors, spec.user_vectors,
-                                  item_text_vectors=spec.item_text_vectors, text_projection=projection,
-                                  ridge_alpha=ridge_alpha)
-    raise TypeError(f"{data.name}: expected a DotExport or HistoryExport, got {type(spec).__name__}")
+    if np.shape(spec.user_vectors)[:1] != (data.n_users,):
+        raise BundleError(f"{data.name}: the export's user_vectors have shape {np.shape(spec.user_vectors)}, "
+                          f"expected [{data.n_users}, d] (the domain's users)")
+    projection = None
+    if spec.text_projection is not None and spec.item_text_vectors is not None:
+        weight, bias = spec.text_projection
+        projection = TextProjection(weight=np.asarray(weight, dtype=np.float32),
+                                    bias=np.asarray(bias, dtype=np.float32))
+    return make_domain_bundle(data, raw_user, spec.item_vectors, spec.user_vectors,
+                              item_text_vectors=spec.item_text_vectors, text_projection=projection,
+                              ridge_alpha=ridge_alpha)
 
 
 def bundle_meta(model_name: str, stage: str, metrics: Mapping[str, Mapping[str, Any]], data_version: str,
