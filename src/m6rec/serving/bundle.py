@@ -85,9 +85,10 @@ class TextProjection:
 class HistoryScorer:
     """Users scored from their recent items by a :class:`m6rec.models.attention.HistoryAttention`.
 
-    ``config``: its constructor arguments (``dim``, ``n_interests``, ``max_len``, ``pooling``, ``hidden``);
-    ``weights``: its state dict as float32 arrays; ``recency``: the domain's recency bias ``[K, max_len]`` (None
-    without one); ``history``: int64 ``[n_users, max_len]``, each user's items oldest first, right-aligned, -1 padded.
+    ``config``: its constructor arguments (``dim``, ``n_interests`` = K focused interests as passed to the
+    constructor, not the module's K + 1 pooled vectors, ``max_len``, ``pooling``, ``hidden``); ``weights``: its state
+    dict as float32 arrays; ``recency``: the domain's recency bias ``[K, max_len]`` (None without one); ``history``:
+    int64 ``[n_users, max_len]``, each user's items oldest first, right-aligned, -1 padded.
     """
 
     config: dict[str, Any]
