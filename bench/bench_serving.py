@@ -62,7 +62,8 @@ end
 def build_bundle(scenario: str, data_dir: Path, out: Path, dim: int, svd: bool) -> dict:
     """Export the scenario's bundle to ``out``; returns {domain: raw user ids} for the request mix."""
     from m6rec.data.dataset import domain_data, load_prepared
-    from m6rec.serving.bundle import export_bundle, make_domain_bundle, raw_user_ids
+    from m6rec.serving.bundle_io import export_bundle
+    from m6rec.serving.export import make_domain_bundle, raw_user_ids
 
     prepared = load_prepared(data_dir)
     gowalla = "lightgcn-gowalla"
@@ -97,7 +98,7 @@ def attention_scorer(data, dim: int, n_interests: int = 4, max_len: int = 50):
     from m6rec.serving.bundle import HistoryScorer
 
     torch.manual_seed(0)
-    att = HistoryAttention(dim, n_interests, max_len, "attention")
+    att = HistoryAttention(dim, n_interests=n_interests, max_len=max_len, pooling="attention")
     recency = np.broadcast_to(np.linspace(-5.0, 0.0, max_len, dtype=np.float32), (n_interests, max_len)).copy()
     return HistoryScorer(config={"dim": dim, "n_interests": n_interests, "max_len": max_len, "pooling": "attention",
                                  "hidden": dim},

@@ -11,7 +11,7 @@ import pytest
 
 from m6rec import tracking
 from m6rec.data.dataset import domain_data
-from m6rec.serving.bundle import export_bundle
+from m6rec.serving.bundle_io import export_bundle
 from tests.serving.history_bundles import attention_domain, attention_model
 from tests.serving.svd_bundles import svd_domain
 
@@ -53,7 +53,7 @@ def serving_bundle_dir(tiny_prepared, tiny_prepared_dir: Path, sentence_encoder,
         HISTORY_DOMAIN: attention_domain(tiny_prepared, *history_model),
     }
     meta = {"model": "svd16", "encoder": ENCODER, "data_version": tracking.data_version(paths=[tiny_prepared_dir]),
-            "metrics": {TEXT_DOMAIN: {"valid": {"ndcg@20": 0.1}}}}
+            "metrics": {TEXT_DOMAIN: {"svd16": {"valid": {"ndcg@20": 0.1}}}}}
     return export_bundle(tmp_path_factory.mktemp("serving") / "bundle", domains, meta)
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import scipy.sparse.linalg as sla
 
 from m6rec.data.dataset import Prepared, domain_data
-from m6rec.serving.bundle import DomainBundle, make_domain_bundle, raw_user_ids
+from m6rec.serving.bundle import DomainBundle
+from m6rec.serving.export import fit_text_projection, make_domain_bundle, raw_user_ids
 
 
 def svd_vectors(train, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +41,6 @@ def svd_domain(prepared: Prepared, domain: str, dim: int, random: bool = False, 
         users, items = svd_vectors(data.train, dim, seed)
     projection = None
     if text_vectors is not None:
-        from m6rec.serving.bundle import fit_text_projection
-
         projection = fit_text_projection(text_vectors, items, ridge_alpha, mask=fit_mask)
     return make_domain_bundle(data, raw_user_ids(prepared, domain), items, users, text_projection=projection)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.serving.test_bento_include import REPO, SERVICE, import_closure
 
 
 def test_bentoml_build_produces_a_bento(tmp_path):
@@ -28,6 +28,9 @@ def test_bentoml_build_produces_a_bento(tmp_path):
     assert info["services"][0]["config"]["http"]["host"] == "127.0.0.1"
     code = bento / "src" / "src" / "m6rec"
     assert (code / "serving" / "service.py").is_file() and (code / "tracking.py").is_file()
+    shipped = {str(f.relative_to(bento / "src")) for f in (bento / "src").rglob("*.py")}
+    closure, _ = import_closure(SERVICE)
+    assert shipped == {str(f.relative_to(REPO)) for f in closure}, "the bento ships other files than service.py imports"
     assert not list((bento / "src").rglob("test_*.py")) and not (bento / "src" / "data").exists()
     envs = {e["name"]: e["value"] for e in info["envs"]}
     assert envs["PYTHONPATH"] == "/home/bentoml/bento/src/src"  # where the package lands inside the image

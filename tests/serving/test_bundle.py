@@ -1,4 +1,5 @@
-"""The serving bundle: projection fitting, construction from real data, export/load and its error messages."""
+"""The serving bundle: projection fitting, construction from real data, export/load, the meta schema and its error
+messages."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from m6rec.data.dataset import domain_data
-from m6rec.serving.bundle import (
-    BundleError,
-    DomainBundle,
-    TextProjection,
-    export_bundle,
-    fit_text_projection,
-    load_bundle,
-    read_meta,
-)
+from m6rec.serving.bundle import BundleError, DomainBundle, TextProjection, meta_metrics
+from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
+from m6rec.serving.export import fit_text_projection
 from tests.serving.conftest import HISTORY_DOMAIN
 from tests.serving.history_bundles import attention_domain
 from tests.serving.svd_bundles import svd_bundle, svd_domain
@@ -73,10 +68,12 @@ def test_export_load_roundtrip(tiny_prepared, tmp_path):
     domains["ml-100k"] = DomainBundle(d.item_vectors, d.user_vectors, d.popularity, d.seen, d.titles, d.raw_item,
                                       d.raw_user, item_text_vectors=text,
                                       text_projection=fit_text_projection(text, d.item_vectors, 1.0))
-    path = export_bundle(tmp_path / "b", domains, {"model": "svd4", "encoder": "enc", "metrics": {"x": 1.0}})
+    path = export_bundle(tmp_path / "b", domains, {"model": "svd4", "encoder": "enc",
+                                                 "metrics": {"ml-100k": {"svd4": {"valid": {"ndcg@20": 0.1}}}}})
     assert not list(tmp_path.glob(".b-*")), "temporary folder left behind"
     meta = read_meta(path)
     assert meta["model"] == "svd4" and meta["created"] and meta["format_version"] == 2
+    assert meta_metrics(meta) == meta["metrics"]
     assert meta["domains"]["ml-100k"]["text_dim"] == 5 and meta["domains"]["amazon-office"]["text_dim"] == 0
     back = load_bundle(path)
     for name, orig in domains.items():
@@ -181,3 +178,26 @@ def test_history_scorer_roundtrip_and_checks(tiny_prepared, history_model, tmp_p
     (path / HISTORY_DOMAIN / "history_scorer.npz").unlink()
     with pytest.raises(BundleError, match="history_scorer.npz"):
         load_bundle(path)
+
+
+def test_meta_metrics_reads_both_shapes():
+    """The metrics files' schema passes through; the old per-split shape is filed under the bundle's model."""
+    new = {"ml-100k": {"bprmf": {"valid": {"ndcg@20": 0.2}, "test": {"ndcg@20": 0.1}}}}
+    assert meta_metrics({"model": "bprmf", "metrics": new}) == new
+    old = {"ml-100k": {"valid": {"ndcg@20": 0.2}, "test": {"ndcg@20": 0.1}}}
+    assert meta_metrics({"model": "bprmf", "metrics": old}) == new
+    assert meta_metrics({"model": "m"}) == {} and meta_metrics({"model": "m", "metrics": None}) == {}
+    with pytest.raises(BundleError, match="ml-100k"):
+        meta_metrics({"model": "m", "metrics": {"ml-100k": 0.3}})
+
+
+def test_bundle_format_modules_do_not_import_pandas():
+    """The service loads bundles without pandas or m6rec.data (a light start-up and a small bento)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, m6rec.serving.bundle, m6rec.serving.bundle_io, m6rec.serving.recommender, "
+            "m6rec.serving.loader; bad = sorted(m for m in sys.modules if m == 'pandas' or "
+            "m.startswith('m6rec.data') or m.startswith('m6rec.stages')); assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

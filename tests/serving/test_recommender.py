@@ -197,6 +197,10 @@ def test_metadata(rec, bundle):
     assert meta["domains"][TEXT_DOMAIN]["text"] and not meta["domains"][PLAIN_DOMAIN]["text"]
     assert meta["domains"][PLAIN_DOMAIN]["n_items"] == bundle.domains[PLAIN_DOMAIN].n_items
     assert meta["data_version"] == bundle.meta["data_version"]
+    assert meta["metrics"] == {TEXT_DOMAIN: {"svd16": {"valid": {"ndcg@20": 0.1}}}}  # the metrics files' schema
+    old = Recommender(Bundle(meta={**bundle.meta, "metrics": {TEXT_DOMAIN: {"valid": {"ndcg@20": 0.1}}}},
+                             domains=bundle.domains)).metadata()
+    assert old["metrics"] == meta["metrics"]  # an older bundle's {domain: {split}} is served in the same schema
     assert meta["domains"][HISTORY_DOMAIN]["scorer"] == "history" and meta["domains"][TEXT_DOMAIN]["scorer"] == "dot"
     assert meta["domains"][HISTORY_DOMAIN]["explainer"] == "attention"
     assert meta["domains"][TEXT_DOMAIN]["explainer"] == "similarity" and meta["explainer"] == "attention,similarity"

@@ -10,7 +10,7 @@ import pytest
 
 from m6rec import tracking
 from m6rec.config import ConfigError
-from m6rec.serving.bundle import export_bundle, load_bundle
+from m6rec.serving.bundle import Bundle, export_bundle, load_bundle, read_meta
 from m6rec.stages import register
 from m6rec.stages.register import RegisterParams, bundle_figure, decide, parse_metric
 from tests.serving.svd_bundles import svd_bundle
@@ -21,7 +21,7 @@ METRIC = "valid.ndcg@20"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_prepared_dir: Path):
-    """A folder with the data, three candidate bundles of clearly different quality and their metrics files."""
+    """A folder with the data and three candidate bundles of clearly different quality, their figures in their meta."""
     from m6rec.data.dataset import load_prepared
 
     root = tmp_path_factory.mktemp("register")
@@ -35,12 +35,14 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_prepared_dir: Path):
         version = tracking.data_version(paths=["data/validated"])
         figures = {}
         for name, dim, random in (("random", 8, True), ("svd2", 2, False), ("svd16", 16, False)):
-            bundle = export_bundle(root / "models" / name, svd_bundle(prepared, DOMAINS, dim, random=random),
-                                   {"model": name, "data_version": version})
-            fig = bundle_figure(load_bundle(bundle), prepared, METRIC, DOMAINS)
+            domains = svd_bundle(prepared, DOMAINS, dim, random=random)
+            fig = bundle_figure(Bundle(meta={}, domains=domains), prepared, METRIC, DOMAINS)
             metrics = {d: {name: {"valid": {"ndcg@20": v}}} for d, v in fig.per_domain.items()}
+            export_bundle(root / "models" / name, domains, {"model": name, "data_version": version,
+                                                            "metrics": metrics})
+            # The metrics files stay listed in the candidates (accepted for compatibility) but are not read.
             (root / "metrics").mkdir(exist_ok=True)
-            (root / "metrics" / f"{name}.json").write_text(json.dumps(metrics))
+            (root / "metrics" / f"{name}.json").write_text(json.dumps({"not": "read"}))
             figures[name] = fig.value
         low, mid, high = sorted(figures, key=figures.get)
         assert figures[low] < figures[mid] < figures[high], f"candidates not separable on tiny data: {figures}"
@@ -92,7 +94,7 @@ def test_promotion_sequence(project):
     first = register.run(cfg(mid), ok)
     assert first["promoted"] and first["reason"] == "promoted: no champion yet"
     assert first["champion_before"] is None
-    assert first["candidate"]["value"] == pytest.approx(figs[mid]) and first["candidate"]["source"] == "metrics-file"
+    assert first["candidate"]["value"] == pytest.approx(figs[mid]) and first["candidate"]["source"] == "bundle-meta"
     champ = tracking.get_alias("m6rec")
     assert champ.version == first["candidate"]["version"] == first["champion_after"]
     assert float(champ.tags[register.TAG_VALUE]) == pytest.approx(figs[mid])
@@ -171,10 +173,37 @@ def test_main_reads_params_and_validate_report_dir(project):
     assert report["decision"] == "kept"
 
 
+def test_recorded_figure_reads_one_schema(project):
+    """The bundle's meta in the metrics files' schema; the old ``{domain: {split}}`` shape reads the same; a served
+    domain without a figure is an error; a meta without metrics has no recorded figure."""
+    meta = read_meta(project["root"] / "models" / project["mid"])
+    fig = register.recorded_figure(meta, METRIC, DOMAINS)
+    assert fig.source == "bundle-meta" and fig.value == pytest.approx(project["figures"][project["mid"]])
+    old = {**meta, "metrics": {d: r[meta["model"]] for d, r in meta["metrics"].items()}}
+    assert register.recorded_figure(old, METRIC, DOMAINS).per_domain == fig.per_domain
+    assert register.recorded_figure(meta, METRIC, [*DOMAINS, "not-served"]).per_domain["not-served"] is None
+    with pytest.raises(KeyError, match="amazon-office"):
+        register.recorded_figure({**meta, "metrics": {"ml-100k": meta["metrics"]["ml-100k"]}}, METRIC, DOMAINS)
+    assert register.recorded_figure({**meta, "metrics": {}}, METRIC, DOMAINS) is None
+
+
+def test_candidate_without_recorded_metrics_is_evaluated(project):
+    """Current data but no metrics in the bundle's meta: the bundle is evaluated rather than trusted blindly."""
+    root, mid = project["root"], project["mid"]
+    bundle = load_bundle(root / "models" / mid)
+    export_bundle(root / "models" / "bare", bundle.domains, {"model": "bare", "data_version": project["version"]})
+    params = RegisterParams(candidates=({"bundle": "models/bare"},), metric=METRIC, domains=tuple(DOMAINS),
+                            model_name="m6rec-bare")
+    report = register.run(params, checks(root, True))
+    assert report["candidate"]["source"] == "re-evaluated" and report["candidate"]["metrics_file"] is None
+    assert report["candidate"]["value"] == pytest.approx(project["figures"][mid], abs=1e-6)
+
+
 def test_history_model_is_gated_on_its_own_scores(project):
-    """A history-attention bundle without a metrics file: its figure comes from the bundle's meta; re-evaluated on
-    changed data it reproduces the model's own validation figure, i.e. its histories are rebuilt from the data as
-    the protocol says (training items only for valid), not taken from the bundle (train + valid)."""
+    """A history-attention bundle without a metrics file, written with the old ``{domain: {split}}`` meta shape
+    (champions served before the one schema): its figure comes from the bundle's meta; re-evaluated on changed
+    data it reproduces the model's own validation figure, i.e. its histories are rebuilt from the data as the
+    protocol says (training items only for valid), not taken from the bundle (train + valid)."""
     from m6rec.data.dataset import load_prepared
     from m6rec.stages.multitask import evaluate_model, train_config
     from tests.serving.history_bundles import FAST, attention_domain, attention_model

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from m6rec.config import ConfigError, load_params, section
-from m6rec.serving.bundle import Bundle, load_bundle
+from m6rec.serving.bundle import Bundle
+from m6rec.serving.bundle_io import load_bundle
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from m6rec.serving.bundle import Bundle, DomainBundle
+from m6rec.serving.bundle import Bundle, DomainBundle, meta_metrics
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.scoring import DomainScorer
 
@@ -294,7 +294,7 @@ class Recommender:
     def metadata(self) -> dict[str, Any]:
         return {
             "model": self.meta.get("model"), "version": self.version, "source": self.source,
-            "data_version": self.meta.get("data_version"), "metrics": self.meta.get("metrics", {}),
+            "data_version": self.meta.get("data_version"), "metrics": meta_metrics(self.meta),
             "encoder": self.meta.get("encoder"), "created": self.meta.get("created"),
             "explainer": ",".join(sorted({self._explain_method(d) for d in self.domains.values()})),
             "max_k": self.max_k,

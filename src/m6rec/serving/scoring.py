@@ -55,8 +55,10 @@ class DomainScorer:
             self.user_vectors = torch.from_numpy(np.ascontiguousarray(b.user_vectors, dtype=np.float32))
             return
         cfg = b.scorer.config
-        att = HistoryAttention(int(cfg["dim"]), int(cfg["n_interests"]), int(cfg["max_len"]), str(cfg["pooling"]),
-                               hidden=cfg.get("hidden"))
+        # The config holds constructor arguments (n_interests = K focused interests, as the model was built with),
+        # never the module's attributes, whose names and meaning (K or K + 1) are the model's business.
+        att = HistoryAttention(dim=int(cfg["dim"]), n_interests=int(cfg["n_interests"]), max_len=int(cfg["max_len"]),
+                               pooling=str(cfg["pooling"]), hidden=cfg.get("hidden"))
         state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in b.scorer.weights.items()}
         missing, unexpected = att.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -7,14 +7,17 @@ Gate (all must hold for a promotion):
    ``valid.ndcg@20``) averaged over the declared domains, both figures **on the same validation data**; a missing
    champion counts as beaten.
 
-Figures: a candidate's comes from its metrics file (``{domain: {model: {split: {metric: v}}}}``, model = the bundle's
-``meta["model"]``; a candidate without a metrics file: the bundle's own ``meta["metrics"]``, ``{domain: {split:
-{metric: v}}}``) when its bundle's ``meta["data_version"]`` is the current version of ``data_dir``, else the
-bundle is evaluated on the current data. The champion's comes from its version tags (``register.metric``,
-``register.metric_value``, ``register.domains``, ``register.data_version``) when metric, domains and data version
-match, else its bundle is downloaded from the registry and evaluated on the current data. Evaluation uses
-``m6rec.evaluation.protocol.evaluate_split`` with the bundle's dot-product scores, users and items matched to the
-current data by raw id (ids the bundle lacks score 0). A domain a bundle does not serve counts as 0.
+Figures: a candidate's comes from its bundle's own ``meta["metrics"]`` (the metrics files' schema, ``{domain: {model:
+{split: {metric: v}}}}``, model = ``meta["model"]``; older bundles' ``{domain: {split: ...}}`` is read too, see
+:func:`m6rec.serving.bundle.meta_metrics`) when its bundle's ``meta["data_version"]`` is the current version of
+``data_dir`` and the meta records metrics, else the bundle is evaluated on the current data. A candidate's
+``metrics`` file is accepted for compatibility and reported, not read: the bundle carries the same figures.
+
+The champion's comes from its version tags (``register.metric``, ``register.metric_value``, ``register.domains``,
+``register.data_version``) when metric, domains and data version match, else its bundle is downloaded from the
+registry and evaluated on the current data. Evaluation uses ``m6rec.evaluation.protocol.evaluate_split`` with the
+bundle's own scores (:class:`m6rec.serving.scoring.DomainScorer`), users and items matched to the current data by raw
+id (ids the bundle lacks score 0). A domain a bundle does not serve counts as 0.
 
 Writes ``report`` (reports/promotion.json: decision, both figures, versions) and logs it to the MLflow run.
 """
@@ -38,7 +41,9 @@ from m6rec.config import ConfigError, section
 from m6rec.data.dataset import Prepared, domain_data, load_prepared
 from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import evaluate_split
-from m6rec.serving.bundle import Bundle, load_bundle, raw_user_ids, read_meta
+from m6rec.serving.bundle import Bundle, meta_metrics
+from m6rec.serving.bundle_io import load_bundle, read_meta
+from m6rec.serving.export import raw_user_ids
 from m6rec.serving.scoring import DomainScorer
 from m6rec.stage_io import stage_params
 
@@ -51,7 +56,7 @@ TAG_METRIC, TAG_VALUE, TAG_DOMAINS, TAG_DATA = ("register.metric", "register.met
 
 @dataclass(frozen=True)
 class RegisterParams:
-    candidates: tuple = ()  # list of {bundle: folder, metrics: metrics/<stage>.json (optional)}: models to register
+    candidates: tuple = ()  # list of {bundle: folder, metrics: file (optional, not read)}: models to register
     metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
     domains: tuple[str, ...] = ()  # domains averaged; [] = every domain of any candidate bundle
     margin: float = 0.0  # the best candidate must beat the champion by more than this (absolute)
@@ -76,7 +81,7 @@ class Figure:
 
     value: float
     per_domain: dict[str, float | None]
-    source: str  # "metrics-file", "bundle-meta", "tags" or "re-evaluated"
+    source: str  # "bundle-meta", "tags" or "re-evaluated"
 
 
 @dataclass
@@ -114,14 +119,16 @@ def mean_figure(per_domain: Mapping[str, float | None]) -> float:
     return float(np.mean([0.0 if v is None else float(v) for v in per_domain.values()]))
 
 
-def metrics_file_figure(metrics: Mapping[str, Any], model: str | None, metric: str, domains: Sequence[str],
-                        served: Sequence[str]) -> Figure:
-    """The figure recorded in a metrics file (``{domain: {model: {split: {metric: v}}}}``), or with ``model`` None
-    in a bundle's own metrics (``{domain: {split: {metric: v}}}``).
+def recorded_figure(meta: Mapping[str, Any], metric: str, domains: Sequence[str]) -> Figure | None:
+    """The figure a bundle's meta records for its own model (None when it records no metrics at all).
 
-    Domains the bundle does not serve count as 0; a served domain missing from the file is an error (the stage
+    Domains the bundle does not serve count as 0; a served domain missing from the metrics is an error (the stage
     that made the candidate must report what it exports).
     """
+    metrics = meta_metrics(meta)
+    if not metrics:
+        return None
+    model, served = str(meta.get("model") or "model"), list(meta.get("domains") or ())
     split, name, _ = parse_metric(metric)
     per: dict[str, float | None] = {}
     for d in domains:
@@ -129,11 +136,10 @@ def metrics_file_figure(metrics: Mapping[str, Any], model: str | None, metric: s
             per[d] = None
             continue
         try:
-            per[d] = float((metrics[d] if model is None else metrics[d][model])[split][name])
+            per[d] = float(metrics[d][model][split][name])
         except (KeyError, TypeError) as exc:
-            where = "the bundle's meta metrics have" if model is None else "metrics file has"
-            raise KeyError(f"{where} no {d}.{'' if model is None else model + '.'}{split}.{name}") from exc
-    return Figure(mean_figure(per), per, "metrics-file" if model is not None else "bundle-meta")
+            raise KeyError(f"bundle meta of model {model!r} records no metrics {d}.{model}.{split}.{name}") from exc
+    return Figure(mean_figure(per), per, "bundle-meta")
 
 
 def align_ids(src_ids: Sequence[str], dst_ids: Sequence[str]) -> np.ndarray:
@@ -252,15 +258,11 @@ def run(cfg: RegisterParams, summary_path: Path) -> dict[str, Any]:
     candidates: list[Candidate] = []
     for c, meta in zip(cfg.candidates, metas, strict=True):
         model = str(meta.get("model") or Path(c["bundle"]).name)
-        if meta.get("data_version") == data_ver:
-            if c.get("metrics"):
-                metrics, key = json.loads(Path(c["metrics"]).read_text(encoding="utf-8")), model
-            else:
-                metrics, key = meta.get("metrics") or {}, None
-            fig = metrics_file_figure(metrics, key, cfg.metric, domains, list(meta["domains"]))
-        else:
-            log.info("candidate %s was built on data %s, current is %s: evaluating its bundle", c["bundle"],
-                     meta.get("data_version"), data_ver)
+        fig = recorded_figure(meta, cfg.metric, domains) if meta.get("data_version") == data_ver else None
+        if fig is None:
+            why = (f"was built on data {meta.get('data_version')}, current is {data_ver}"
+                   if meta.get("data_version") != data_ver else "records no metrics")
+            log.info("candidate %s %s: evaluating its bundle", c["bundle"], why)
             fig = bundle_figure(load_bundle(c["bundle"]), _prepared(data_dir, prepared_cache), cfg.metric, domains,
                                 cfg.batch_users)
         candidates.append(Candidate(str(c["bundle"]), c.get("metrics"), model, fig))
