@@ -162,7 +162,7 @@ def in_process_costs(bundle_dir: Path, bodies: list[str], n: int = 2000) -> dict
     """Per-request compute inside the server (no HTTP), and batched scoring per user for comparison."""
     import torch
 
-    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.bundle_io import load_bundle
     from m6rec.serving.recommender import Recommender
 
     torch.set_num_threads(1)
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             bundle = tmp / f"bundle-{scenario}"
             if scenario == "bundle":
-                from m6rec.serving.bundle import load_bundle
+                from m6rec.serving.bundle_io import load_bundle
 
                 if not args.bundle:
                     parser.error("--scenario bundle needs --bundle FOLDER")

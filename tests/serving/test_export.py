@@ -15,7 +15,7 @@ from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
 from m6rec.serving.export import (bundle_meta, domain_bundle, export_domains, export_model, fit_text_projection,
                                   make_domain_bundle, merge_bundles, raw_user_ids)
 from tests.serving.conftest import HISTORY_DOMAIN
-from tests.serving.history_bundles import attention_domain, attention_export
+from tests.serving.history_bundles import attention_domain, gathered_export
 from tests.serving.svd_bundles import svd_domain, svd_vectors
 
 DOMAINS = ("ml-100k", "amazon-office")
@@ -51,11 +51,12 @@ def same_folders(a: Path, b: Path) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} differs"
 
 
-def test_history_export_is_the_multitask_stage_bundle(tiny_prepared, history_model, tmp_path):
-    """A HistoryExport + the domain's data give, byte for byte, the bundle the multitask stage writes today."""
+def test_history_export_is_the_models_own_arrays(tiny_prepared, history_model, tmp_path):
+    """The model's HistoryExport + the domain's data give, byte for byte, the bundle of the arrays read off the
+    model's parts (catalogue vectors, encoder weights, the domain's recency adapter and text)."""
     model, data = history_model
     raw_user = raw_user_ids(tiny_prepared, data.name)
-    new = domain_bundle(attention_export(model, data.name), data, raw_user)
+    new = domain_bundle(gathered_export(model, data.name), data, raw_user)
     assert new.kind == "history" and new.scorer.config["n_interests"] == 2  # K as constructed, not K + 1
     meta = {"model": "attention_mt", "data_version": "v"}
     same_folders(export_bundle(tmp_path / "stage", {HISTORY_DOMAIN: attention_domain(tiny_prepared, model, data)},

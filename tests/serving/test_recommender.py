@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.serving.bundle import Bundle, load_bundle
+from m6rec.serving.bundle import Bundle
+from m6rec.serving.bundle_io import load_bundle
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.recommender import (
     EXPLAINERS,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from m6rec import tracking
-from m6rec.serving.bundle import export_bundle, load_bundle
+from m6rec.serving.bundle_io import export_bundle, load_bundle
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.local_server import LocalServer
 from m6rec.serving.recommender import Recommender

@@ -54,7 +54,7 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     assert {r["model"] for r in rows} >= {"ml-latest-small/bprmf", "lastfm-hetrec2011/mostpop"}
     assert (tmp_path / "models" / "ml-latest-small" / "bprmf.pt").is_file()
     # The BPR-MF serving bundle scores exactly like the trained model's metrics say.
-    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.bundle_io import load_bundle
 
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.meta["model"] == "bprmf"

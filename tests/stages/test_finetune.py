@@ -80,7 +80,7 @@ def test_saved_model_is_the_full_fine_tune_on_all_users(project: Path):
 def test_family_bundle_serves_source_domains_and_the_fine_tuned_target(project: Path, parts):
     """models/finetune/bundle = the multi-task bundle's domain + the fine-tuned target, each with its own attention,
     and its metrics are the runs' (so the register stage can gate it on them)."""
-    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.bundle_io import load_bundle
     from m6rec.serving.recommender import Recommender
 
     family = load_bundle(project / "finetune" / "bundle")

@@ -200,7 +200,7 @@ def test_bad_variant_names_are_refused(pretrained: Path):
 
 def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
     """The exported bundle, served in-process, reproduces the model's test-time scores and attention exactly."""
-    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.bundle_io import load_bundle
     from m6rec.serving.recommender import Recommender
 
     bundle = load_bundle(stage_run / "multitask" / "bundle")

@@ -89,7 +89,7 @@ def test_stages_write_their_outputs(project: Path):
     for split in ("valid", "test", "cold"):
         assert 0.0 < ml[split]["ndcg@20"] <= 1.0 and ml[split]["n_users"] > 0
     # The serving bundle: propagated vectors, the items' sentence vectors and the model's text projection.
-    from m6rec.serving.bundle import load_bundle
+    from m6rec.serving.bundle_io import load_bundle
 
     bundle = load_bundle(project / "models" / "bundle")
     assert bundle.meta["model"] == "lightgcn" and bundle.meta["encoder"]

@@ -10,7 +10,8 @@ import pytest
 
 from m6rec import tracking
 from m6rec.config import ConfigError
-from m6rec.serving.bundle import Bundle, export_bundle, load_bundle, read_meta
+from m6rec.serving.bundle import Bundle
+from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
 from m6rec.stages import register
 from m6rec.stages.register import RegisterParams, bundle_figure, decide, parse_metric
 from tests.serving.svd_bundles import svd_bundle
@@ -205,14 +206,15 @@ def test_history_model_is_gated_on_its_own_scores(project):
     data it reproduces the model's own validation figure, i.e. its histories are rebuilt from the data as the
     protocol says (training items only for valid), not taken from the bundle (train + valid)."""
     from m6rec.data.dataset import load_prepared
-    from m6rec.stages.multitask import evaluate_model, train_config
+    from m6rec.config import ProtocolParams
+    from m6rec.evaluation.history import evaluate_model
     from tests.serving.history_bundles import FAST, attention_domain, attention_model
 
     root = project["root"]
     domain = "amazon-office"
     prepared = load_prepared(root / "data" / "validated")
     model, data = attention_model(prepared, domain)
-    figure = evaluate_model(model, {domain: data}, ("valid",), (20,), train_config(FAST), FAST.max_len,
+    figure = evaluate_model(model, {domain: data}, ("valid",), ProtocolParams(ks=(20,)), FAST.train,
                             pairs=False)[domain]["valid"]["ndcg@20"]
     export_bundle(root / "models" / "attention", {domain: attention_domain(prepared, model, data)},
                   {"model": "attention", "data_version": project["version"],

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from m6rec import tracking
-from m6rec.serving.bundle import export_bundle, load_bundle
+from m6rec.serving.bundle_io import export_bundle, load_bundle
 from tests.serving.svd_bundles import svd_bundle
 
 

@@ -44,7 +44,6 @@ text projection), optionally ``encoder_max_seq_length``, ``created`` (ISO time, 
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -239,19 +238,3 @@ def _is_split_level(entry: Mapping[str, Any]) -> bool:
     splits = [entry[s] for s in METRIC_SPLITS if s in entry]
     return bool(splits) and all(isinstance(r, Mapping) and all(not isinstance(v, Mapping) for v in r.values())
                                 for r in splits)
-
-
-# Reading and writing live in bundle_io, the builders in export (they need pandas and m6rec.data); these names stay
-# importable from here for callers written against the old single module.
-_IO_NAMES = ("export_bundle", "read_meta", "load_bundle")
-_EXPORT_NAMES = ("fit_text_projection", "make_domain_bundle", "raw_user_ids")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _IO_NAMES:
-        from m6rec.serving import bundle_io
-
-        return getattr(bundle_io, name)
-    if name in _EXPORT_NAMES:  # imported by name, not statically, so that the service's import closure stays light
-        return getattr(importlib.import_module("m6rec.serving.export"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

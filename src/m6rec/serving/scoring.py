@@ -9,11 +9,10 @@ One class, :class:`DomainScorer`, for both kinds of :class:`m6rec.serving.bundle
   the interests). The attention a candidate puts on each history item (:meth:`DomainScorer.explain`) is the
   model's own ``w_ij``.
 
-Top-k for serving (:meth:`DomainScorer.top_k`) is exact for both, but a history scorer does not compute the softmax
-gate for every item: an item's score is a convex combination of its K + 1 per-interest scores, so it is at most
-their maximum. The gate runs only on the items with the highest such bound, and the candidate set grows until the
-k-th exact score is at least the largest bound left outside it (the first set is ``max(4 k, 64)`` items; on the
-41k-item ``gowalla-attention`` scenario of ``bench/bench_serving.py`` this cut ``recommend`` from 2.3 to 1.6 ms).
+Top-k for serving (:meth:`DomainScorer.top_k`) is exact for both; a history scorer uses the model's own bounded
+top-k (:meth:`m6rec.models.attention.HistoryAttention.top_k`: the softmax gate runs only on the items whose best
+per-interest score can still reach the top k; on the 41k-item ``gowalla-attention`` scenario of
+``bench/bench_serving.py`` this cut ``recommend`` from 2.3 to 1.6 ms).
 
 Used by the service (:mod:`m6rec.serving.recommender`) and by the register stage's re-evaluation, so that a model is
 served and gated on the same scores it was evaluated with.
@@ -104,31 +103,16 @@ class DomainScorer:
               mask_cols: torch.Tensor | None = None, min_candidates: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, items)`` ``[B, k]`` of the best ``k`` items of each of ``users``, best first, with the items
         ``(mask_rows[j], mask_cols[j])`` (row of ``users``, item) left out; rows with fewer than ``k`` items left
-        are filled with ``-inf`` values. ``min_candidates``: first candidate set of a history scorer (at least
-        ``4 k``; it grows fourfold until the result is provably exact)."""
+        are filled with ``-inf`` values. Exact for both kinds; a history scorer uses the model's bounded top-k
+        (:meth:`m6rec.models.attention.HistoryAttention.top_k`)."""
         k = min(k, len(self.items))
         if self.attention is None:
             scores = self.users(users)
             if mask_rows is not None:
                 scores[mask_rows, mask_cols] = float("-inf")
             return torch.topk(scores, k, dim=1)
-        sub = self.interests.vectors[users]
-        logits = torch.einsum("bkd,nd->bkn", sub, self.items)  # [B, K + 1, N] per-interest scores
-        bound = logits.amax(dim=1)  # the gate mixes them: an item's score is at most its best interest's
-        if mask_rows is not None:
-            bound[mask_rows, mask_cols] = float("-inf")
-        n_items = len(self.items)
-        size = min(n_items, max(4 * k, min_candidates))
-        while True:
-            bounds, cand = torch.topk(bound, size, dim=1)
-            exact, _ = self.attention.gate(logits.gather(2, cand.unsqueeze(1).expand(-1, logits.shape[1], -1)))
-            exact = exact.masked_fill(torch.isinf(bounds), float("-inf"))  # masked items stay out
-            values, pos = torch.topk(exact, k, dim=1)
-            last = bounds[:, -1]
-            done = (last <= values[:, -1]) | torch.isneginf(last)  # nothing outside can beat the k-th
-            if size == n_items or bool(done.all()):
-                return values, cand.gather(1, pos)
-            size = min(n_items, 4 * size)
+        sub = Interests(vectors=self.interests.vectors[users], weights=self.interests.weights[users])
+        return self.attention.top_k(sub, self.items, k, mask_rows, mask_cols, min_candidates)
 
     @torch.no_grad()
     def histories(self, history: torch.Tensor) -> torch.Tensor:
