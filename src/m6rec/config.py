@@ -55,3 +55,18 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
 
 def load_section(name: str, cls: type[T], path: str | Path = DEFAULT_PARAMS) -> T:
     return section(load_params(path), name, cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    registry: str = "config/datasets.yaml"  # dataset registry (sources, sha256, parsers)
+    raw_dir: str = "data/raw"  # where raw datasets are stored (tracked by data.dvc)
+    datasets: tuple[str, ...] = ()  # datasets to get; empty = every registered one
+    timeout_s: float = 30.0  # per-request timeout for official sources
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "m6rec"  # MLflow experiment every stage logs its run to
+    db: str = "mlflow.db"  # sqlite store in the project root, used when MLFLOW_TRACKING_URI is unset
+    artifacts: str = "mlartifacts"  # artifact folder beside a sqlite store (M6REC_ARTIFACT_ROOT overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 from tests.conftest import REPO, VENV_BIN
 
@@ -92,12 +93,12 @@ def test_checker_reports_deprecated_imports_and_import_errors(tmp_path: Path) ->
 
 def test_pipeline_tasks_follow_dvc_yaml(dagbag: dict) -> None:
     cfg = orch.load_airflow_params(REPO / "params.yaml")
-    stages = [s.name for s in orch.read_stages(REPO / "dvc.yaml")]
+    stages = [s.name for s in dvcfiles.read_stages(REPO / "dvc.yaml")]
     dag = dagbag["dags"]["m6rec_pipeline"]
     tasks = dag["tasks"]
     assert set(tasks) == {"check_raw_data", "build_bento", cfg.gate_stage, *stages}
     assert tasks["check_raw_data"]["upstream"] == []
-    graph = orch.stage_graph(orch.read_stages(REPO / "dvc.yaml"), cfg.gate_stage, cfg.promote_stage)
+    graph = orch.stage_graph(dvcfiles.read_stages(REPO / "dvc.yaml"), cfg.gate_stage, cfg.promote_stage)
     for name in stages:
         ancestors = _ancestors(tasks, name)
         assert "check_raw_data" in ancestors

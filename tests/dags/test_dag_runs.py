@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 from tests.conftest import REPO, VENV_BIN, run_in
 from tests.dags.conftest import DagRunResult, new_airflow_home, run_dag
 
 pytestmark = pytest.mark.slow
 
-STAGES = [s.name for s in orch.read_stages(REPO / "dvc.yaml")]
+STAGES = [s.name for s in dvcfiles.read_stages(REPO / "dvc.yaml")]
 CFG = orch.load_airflow_params(REPO / "params.yaml")
 GATE = CFG.gate_stage
 
@@ -120,7 +121,7 @@ def test_bad_data_stops_the_pipeline_at_the_gate(pipeline_run: tuple[Path, DagRu
     assert result.returncode != 0 and result.state == "failed", result.explain()
     assert result.tasks["check_raw_data"] == "success" and result.tasks[GATE] == "failed", result.explain()
     assert "data/raw CHANGED since data.dvc" in result.output
-    graph = orch.stage_graph(orch.read_stages(project / "dvc.yaml"), GATE, CFG.promote_stage)
+    graph = orch.stage_graph(dvcfiles.read_stages(project / "dvc.yaml"), GATE, CFG.promote_stage)
     before_gate, todo = {"check_raw_data", GATE}, list(graph[GATE])
     while todo:  # every stage that feeds the gate ran (prepare); everything else must not have
         before_gate.add(todo[-1])

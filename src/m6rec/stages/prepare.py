@@ -9,12 +9,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from m6rec.config import section
+from m6rec.config import DataParams, section
 from m6rec.data import schema
 from m6rec.data.parsers import parse
 from m6rec.data.prepare import SplitParams, canonicalise, combine
 from m6rec.data.sources import load_registry
-from m6rec.stages.download import DataParams
 from m6rec.stages.cli import stage_params
 
 log = logging.getLogger(__name__)
