@@ -38,6 +38,7 @@ def tfidf_encode(texts: list[str]) -> np.ndarray:
 def params_for(root: Path, multitask_domains: list[str], finetune: dict | None = None) -> Path:
     params = {
         "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),

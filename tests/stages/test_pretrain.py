@@ -29,6 +29,7 @@ DOMAINS = ("ml-100k", "lightgcn-gowalla")
 def _write_params(root: Path) -> Path:
     params = {
         "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "text_embeddings": {"in_dir": str(root / "validated"), "out_dir": str(root / "embeddings"),

@@ -29,6 +29,7 @@ def _write_params(root: Path, run: str) -> Path:
     """Params of one pretrain run writing under root/run; the prepared data and graph are shared."""
     params = {
         "evaluate": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": ["ml-100k"]},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m6rec.config import section
+from m6rec.config import TrackingParams, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.evaluation.protocol import EvaluateParams, evaluate_domain, evaluate_ratings, evaluate_split
 from m6rec.models.gfcf import GFCF
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     factors: dict[str, dict] = {}
     data_version = tracking.data_version(paths=[cfg.in_dir])
     with tracking.start_run("baselines", {"baselines": asdict(cfg), "evaluate": asdict(ev)},
-                            data_paths=[cfg.in_dir]):
+                            data_paths=[cfg.in_dir], settings=section(params, "tracking", TrackingParams)):
         for domain in domains:
             datas[domain] = data = domain_data(prepared, domain)
             (out_dir / domain).mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from m6rec import tracking
-from m6rec.config import ConfigError, section
+from m6rec.config import ConfigError, TrackingParams, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.runtime import set_threads
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     source, info = load_checkpoint(Path(cfg.multitask_dir) / CHECKPOINT)
     items = load_pretrained(cfg.pretrain_dir, cfg.graph_dir)
     with tracking.start_run("finetune", {"finetune": asdict(cfg), "evaluate": asdict(ev)},
-                            data_paths=[cfg.in_dir, cfg.multitask_dir]):
+                            data_paths=[cfg.in_dir, cfg.multitask_dir],
+                            settings=section(params, "tracking", TrackingParams)):
         metrics: dict[str, dict] = {}
         saved: dict[str, tuple[DomainBundle, dict]] = {}
         for domain in cfg.domains:

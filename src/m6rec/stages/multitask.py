@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from m6rec.config import ConfigError, section
+from m6rec.config import ConfigError, TrackingParams, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.data.sequences import Sequences, history_window, split_histories, user_sequences, window_mean
 from m6rec.evaluation.metrics import ranking_metrics, rating_metrics
@@ -678,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     from m6rec import tracking
 
     with tracking.start_run("multitask", {"multitask": asdict(cfg), "evaluate": asdict(ev)},
-                            data_paths=[cfg.in_dir, cfg.pretrain_dir]):
+                            data_paths=[cfg.in_dir, cfg.pretrain_dir],
+                            settings=section(params, "tracking", TrackingParams)):
         model, metrics, explanations = run(items, datas, cfg, ev, ordered=ordered_domains(prepared.meta, domains))
         out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(),
                               params={"multitask": asdict(cfg), "evaluate": asdict(ev)},

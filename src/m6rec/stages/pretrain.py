@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m6rec.config import load_params, section
+from m6rec.config import TrackingParams, load_params, section
 from m6rec.data.dataset import DomainData, Prepared, domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate_split
 from m6rec.graph.build import BipartiteGraph, load_graph
@@ -279,7 +279,8 @@ def _main(params_path: str, env: DistEnv) -> int:
     data_version = tracking.data_version(paths=[cfg.in_dir])
     with tracking.start_run("pretrain", {"pretrain": asdict(cfg), "evaluate": asdict(ev)},
                             tags={"world_size": str(env.world_size)} if env.distributed else None,
-                            data_paths=[cfg.in_dir, cfg.graph_dir, cfg.embeddings_dir]):
+                            data_paths=[cfg.in_dir, cfg.graph_dir, cfg.embeddings_dir],
+                            settings=section(params, "tracking", TrackingParams)):
         model, metrics, info = run(prepared, graph, text, cfg, ev, env=env)
         for row in info["curve"]:
             tracking.log_epoch({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from m6rec import tracking
-from m6rec.config import ConfigError, section
+from m6rec.config import ConfigError, TrackingParams, section
 from m6rec.data.dataset import Prepared, domain_data, load_prepared
 from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import evaluate_split
@@ -213,7 +213,7 @@ def decide(candidate: float, champion: float | None, margin: float, data_ok: boo
 
 
 def _champion_figure(champion: tracking.ModelVersionInfo, prepared_dir: Path, metric: str, domains: list[str],
-                     data_ver: str, batch_users: int, prepared_cache: dict) -> Figure:
+                     data_ver: str, batch_users: int, prepared_cache: dict, settings: TrackingParams) -> Figure:
     tags = champion.tags
     if (tags.get(TAG_METRIC) == metric and tags.get(TAG_DOMAINS) == ",".join(domains)
             and tags.get(TAG_DATA) == data_ver and tags.get(TAG_VALUE) is not None):
@@ -222,7 +222,7 @@ def _champion_figure(champion: tracking.ModelVersionInfo, prepared_dir: Path, me
     log.info("champion v%s was measured on other data/metric/domains: re-evaluating it on %s", champion.version,
              prepared_dir)
     with tempfile.TemporaryDirectory(prefix="m6rec-champion-") as tmp:
-        local = tracking.download_model(champion.uri, tmp)
+        local = tracking.download_model(champion.uri, tmp, settings=settings)
         bundle = load_bundle(local)
         return bundle_figure(bundle, _prepared(prepared_dir, prepared_cache), metric, domains, batch_users)
 
@@ -233,7 +233,7 @@ def _prepared(folder: Path, cache: dict) -> Prepared:
     return cache["p"]
 
 
-def run(cfg: RegisterParams, summary_path: Path) -> dict[str, Any]:
+def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams) -> dict[str, Any]:
     """Register every candidate, apply the gate, move ``@champion`` if it passes; returns the report."""
     if not cfg.candidates:
         raise ConfigError("register.candidates is empty: nothing to register")
@@ -266,24 +266,24 @@ def run(cfg: RegisterParams, summary_path: Path) -> dict[str, Any]:
         candidates.append(Candidate(str(c["bundle"]), c.get("metrics"), model, fig))
         log.info("candidate %s (%s): %s = %.6f (%s)", model, c["bundle"], cfg.metric, fig.value, fig.source)
 
-    with tracking.start_run("register", {"register": asdict(cfg)}, data_paths=[cfg.data_dir]):
+    with tracking.start_run("register", {"register": asdict(cfg)}, data_paths=[cfg.data_dir], settings=settings):
         for cand in candidates:
             cand.model_uri = tracking.log_model(cand.bundle_dir, cand.model, tags={"bundle": cand.bundle_dir})
             version = tracking.register_model(cand.model_uri, cfg.model_name, tags={
                 TAG_METRIC: cfg.metric, TAG_VALUE: repr(cand.figure.value), TAG_DOMAINS: ",".join(domains),
                 TAG_DATA: data_ver, "register.per_domain": json.dumps(cand.figure.per_domain),
                 "model": cand.model, "bundle": cand.bundle_dir,
-            })
+            }, settings=settings)
             cand.version = version.version
         best = max(candidates, key=lambda x: x.figure.value)
-        champion = tracking.get_alias(cfg.model_name, tracking.CHAMPION)
+        champion = tracking.get_alias(cfg.model_name, tracking.CHAMPION, settings=settings)
         champ_fig = None
         if champion is not None:
             champ_fig = _champion_figure(champion, data_dir, cfg.metric, domains, data_ver, cfg.batch_users,
-                                         prepared_cache)
+                                         prepared_cache, settings)
         decision = decide(best.figure.value, champ_fig.value if champ_fig else None, cfg.margin, data_ok, data_note)
         if decision.promote:
-            tracking.set_alias(best.version, cfg.model_name, tracking.CHAMPION)
+            tracking.set_alias(best.version, cfg.model_name, tracking.CHAMPION, settings=settings)
         report = {
             "decision": "promoted" if decision.promote else "kept",
             "promoted": decision.promote,
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
     cfg = section(params, "register", RegisterParams)
     report_dir = Path((params.get("validate") or {}).get("report_dir") or "reports/validation")
-    run(cfg, report_dir / "summary.json")
+    run(cfg, report_dir / "summary.json", settings=section(params, "tracking", TrackingParams))
     return 0
 
 
