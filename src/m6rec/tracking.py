@@ -161,9 +161,9 @@ def start_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
               data_paths: Sequence[str | Path] | None = None, *, settings: TrackingParams) -> Iterator[str]:
     """Run context for one stage in the store and experiment of ``settings``; yields the run id.
 
-    ``settings`` is the ``tracking`` section of the params file the stage was run with. Logs ``params`` flattened (``section.key``) and tags
-    ``stage``, ``git_commit``, ``data_version`` (of ``data_paths``, default the stage's data deps in dvc.yaml) plus
-    ``tags``. The run ends FAILED if the body raises.
+    ``settings`` is the ``tracking`` section of the params file the stage was run with. Logs ``params`` flattened
+    (``section.key``) and tags ``stage``, ``git_commit``, ``data_version`` (of ``data_paths``, default the stage's
+    data deps in dvc.yaml) plus ``tags``. The run ends FAILED if the body raises.
     """
     mlflow = _mlflow(settings)
     all_tags = {

@@ -19,7 +19,8 @@ import yaml
 
 from m6rec.config import ConfigError, load_section
 from m6rec.data import schema
-from m6rec.data.expectations import Thresholds, build_batches, build_suites, failure_messages, run_checks
+from m6rec.data.checkpoint import failure_messages, run_checks
+from m6rec.data.expectations import Thresholds, build_batches, build_suites
 from m6rec.data.parsers import ParseError
 from m6rec.stages import validate as stage
 from m6rec.stages.prepare import PrepareParams

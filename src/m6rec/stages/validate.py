@@ -21,16 +21,8 @@ import pandas as pd
 from m6rec.config import ConfigError, section
 from m6rec.data import schema
 from m6rec.stages.cli import stage_params
-from m6rec.data.expectations import (
-    Outcome,
-    Thresholds,
-    ValidationInputError,
-    build_batches,
-    build_suites,
-    check_meta,
-    failure_messages,
-    run_checks,
-)
+from m6rec.data.checkpoint import Outcome, failure_messages, run_checks
+from m6rec.data.expectations import Thresholds, ValidationInputError, build_batches, build_suites, check_meta
 
 log = logging.getLogger(__name__)
 
