@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -46,6 +47,8 @@ DAGBAG_SCRIPT = textwrap.dedent("""
 def load_dagbag(folder: Path, tmp_path: Path, project: Path | None = None) -> dict:
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path / "airflow"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "HOME": str(tmp_path)}
+    if os.environ.get("PYTHONPATH"):  # the m6rec under test, also when it is not the installed one (a worktree)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if project is not None:
         env["M6REC_PROJECT_DIR"] = str(project)
     res = subprocess.run([str(VENV_BIN / "python"), "-c", DAGBAG_SCRIPT, str(folder)], env=env, cwd=tmp_path,

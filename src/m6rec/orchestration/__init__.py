@@ -3,11 +3,13 @@ the failure log.
 
 The DAG files only wire tasks; what they decide is computed here with the standard library and PyYAML, so parsing a
 DAG stays cheap (no torch, no DVC and no Airflow at import time). `python -m m6rec.orchestration` is the command
-line the tasks run (see `m6rec.orchestration.__main__`).
+line the tasks run (`m6rec.orchestration.cli`). Modules: `tasks` (the `airflow` params, task defaults and
+shell), `graph` (task graph from the dvc.yaml stages of `m6rec.dvcfiles`), `raw_data` (the first task's check),
+`bento` (the last task's build), `failures` (the on_failure_callback record).
 """
 
-from m6rec.orchestration.cli import main
 from m6rec.orchestration.bento import ALLOW_MISSING_BENTOFILE_ENV, build_bento
+from m6rec.orchestration.cli import main
 from m6rec.orchestration.failures import FAILURE_LOG_ENV, FailureRecorder, failure_record
 from m6rec.orchestration.graph import stage_graph
 from m6rec.orchestration.raw_data import DATA_ERROR_EXIT_CODE, DatasetState, check_raw_data, dataset_state, dvc_status
