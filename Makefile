@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data run test lock metrics clean-outputs
+.PHONY: setup data run test test-fast lock metrics clean-outputs
 
 setup:  ## create .venv from requirements.lock (idempotent)
 	./scripts/setup_env.sh
@@ -25,6 +25,9 @@ run: data  ## the main job: the whole pipeline on the embedded default data
 
 test: setup  ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## unit and data tests only (a few minutes): the quick check while editing
+	$(BIN)/python -m pytest -q tests/unit tests/data
 
 lock:  ## re-resolve requirements.in into requirements.lock
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 --find-links "$${M6REC_WHEELS:-/opt/wheels}" -o requirements.lock

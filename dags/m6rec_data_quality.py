@@ -10,12 +10,13 @@ from __future__ import annotations
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import dag
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 
 PROJECT = orch.project_dir(__file__)
 BINS = orch.bin_dir()
 CFG = orch.load_airflow_params(PROJECT / "params.yaml")
-HAS_GATE = any(stage.name == CFG.gate_stage for stage in orch.read_stages(PROJECT / "dvc.yaml"))
+HAS_GATE = any(stage.name == CFG.gate_stage for stage in dvcfiles.read_stages(PROJECT / "dvc.yaml"))
 
 
 def _bash(task_id: str, command: str) -> BashOperator:

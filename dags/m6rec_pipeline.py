@@ -19,12 +19,13 @@ import shlex
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import dag
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 
 PROJECT = orch.project_dir(__file__)
 BINS = orch.bin_dir()
 CFG = orch.load_airflow_params(PROJECT / "params.yaml")
-STAGES = orch.stage_graph(orch.read_stages(PROJECT / "dvc.yaml"), CFG.gate_stage, CFG.promote_stage)
+STAGES = orch.stage_graph(dvcfiles.read_stages(PROJECT / "dvc.yaml"), CFG.gate_stage, CFG.promote_stage)
 
 
 def _bash(task_id: str, command: str, **kwargs) -> BashOperator:

@@ -45,7 +45,7 @@ def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_prepared_dir(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Canonical tables for all six domains, 60 sampled users each (real rows, real item catalogues)."""
     from m6rec.config import PrepareParams
-    from m6rec.stages.prepare import run
+    from m6rec.data.prepare import prepare_datasets as run
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     run(raw_dir, out, REPO / "config" / "datasets.yaml", PrepareParams(domains=TINY_DOMAINS, max_users=60))
@@ -64,7 +64,7 @@ def ml100k_full(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The whole of ml-100k in canonical form (943 users): big enough for model-quality assertions."""
     from m6rec.data.dataset import domain_data, load_prepared
     from m6rec.config import PrepareParams
-    from m6rec.stages.prepare import run
+    from m6rec.data.prepare import prepare_datasets as run
 
     out = tmp_path_factory.mktemp("ml100k") / "prepared"
     run(raw_dir, out, REPO / "config" / "datasets.yaml", PrepareParams(domains=("ml-100k",)))

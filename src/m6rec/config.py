@@ -8,7 +8,9 @@ a section dataclass is a nested mapping (``multitask.train``, ``finetune.train``
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 TEXT_DOMAINS = ("ml-latest-small", "ml-100k", "amazon-office", "amazon-scientific", "lastfm-hetrec2011")
 FINETUNE_MODES = ("zero_shot", "efficient", "full", "scratch")
 TARGET_ITEMS = ("text", "pretrained")
+_METRIC = re.compile(r"^(valid|test|cold)\.(recall|ndcg|hit|precision|coverage)@(\d+)$|^(valid|test|cold)\.(mrr)$")
 
 
 class ConfigError(ValueError):
@@ -69,11 +72,30 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     return build(cls, params[name], f"section '{name}'")
 
 
+def parse_metric(metric: str) -> tuple[str, str, tuple[int, ...]]:
+    """``"valid.ndcg@20"`` -> ``("valid", "ndcg@20", (20,))``; ``"valid.mrr"`` -> ``("valid", "mrr", (10,))``."""
+    m = _METRIC.match(metric)
+    if not m:
+        raise ConfigError(f"register.metric {metric!r} must look like valid.ndcg@20 or test.mrr "
+                          f"(split valid|test|cold; recall, ndcg, hit, precision, coverage @k, or mrr)")
+    if m.group(1):
+        return m.group(1), f"{m.group(2)}@{m.group(3)}", (int(m.group(3)),)
+    return m.group(4), "mrr", (10,)
+
+
 def load_section(name: str, cls: type[T], path: str | Path = DEFAULT_PARAMS) -> T:
     return section(load_params(path), name, cls)
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataParams:
+    registry: str = "config/datasets.yaml"  # dataset registry (sources, sha256, parsers)
+    raw_dir: str = "data/raw"  # where raw datasets are stored (tracked by data.dvc)
+    datasets: tuple[str, ...] = ()  # datasets to get; empty = every registered one
+    timeout_s: float = 30.0  # per-request timeout for official sources
+
+
 @dataclass(frozen=True)
 class PrepareParams:
     out_dir: str = "data/prepared"  # canonical tables are written here (checked by `validate` before use)
@@ -273,3 +295,31 @@ class FinetuneParams:
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad or not self.fractions:
             raise ConfigError(f"params.yaml finetune.fractions must be in (0, 1], got {list(self.fractions)}")
+
+
+# ---- operations ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "m6rec"  # MLflow experiment every stage logs its run to
+    db: str = "mlflow.db"  # sqlite store in the project root, used when MLFLOW_TRACKING_URI is unset
+    artifacts: str = "mlartifacts"  # artifact folder beside a sqlite store (M6REC_ARTIFACT_ROOT overrides)
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    candidates: tuple = ()  # list of {bundle: folder, metrics: file (optional, not read)}: models to register
+    metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
+    domains: tuple[str, ...] = ()  # domains averaged; [] = every domain of any candidate bundle
+    margin: float = 0.0  # the best candidate must beat the champion by more than this (absolute)
+    model_name: str = "m6rec"  # registered model name in MLflow (served as models:/<name>@champion)
+    data_dir: str = "data/validated"  # the data the figures must refer to (re-evaluation reads it)
+    report: str = "reports/promotion.json"  # decision record (also logged to MLflow)
+
+    def __post_init__(self) -> None:
+        parse_metric(self.metric)
+        if self.margin < 0:
+            raise ConfigError(f"register.margin must be >= 0, got {self.margin}")
+        for i, c in enumerate(self.candidates):
+            if not isinstance(c, Mapping) or not c.get("bundle") or set(c) - {"bundle", "metrics"}:
+                raise ConfigError(f"register.candidates[{i}] must be a mapping with 'bundle' and optionally "
+                                  f"'metrics', got {c!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 from tests.conftest import REPO, VENV_BIN
 
@@ -45,6 +47,8 @@ DAGBAG_SCRIPT = textwrap.dedent("""
 def load_dagbag(folder: Path, tmp_path: Path, project: Path | None = None) -> dict:
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path / "airflow"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "HOME": str(tmp_path)}
+    if os.environ.get("PYTHONPATH"):  # the m6rec under test, also when it is not the installed one (a worktree)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if project is not None:
         env["M6REC_PROJECT_DIR"] = str(project)
     res = subprocess.run([str(VENV_BIN / "python"), "-c", DAGBAG_SCRIPT, str(folder)], env=env, cwd=tmp_path,
@@ -92,12 +96,12 @@ def test_checker_reports_deprecated_imports_and_import_errors(tmp_path: Path) ->
 
 def test_pipeline_tasks_follow_dvc_yaml(dagbag: dict) -> None:
     cfg = orch.load_airflow_params(REPO / "params.yaml")
-    stages = [s.name for s in orch.read_stages(REPO / "dvc.yaml")]
+    stages = [s.name for s in dvcfiles.read_stages(REPO / "dvc.yaml")]
     dag = dagbag["dags"]["m6rec_pipeline"]
     tasks = dag["tasks"]
     assert set(tasks) == {"check_raw_data", "build_bento", cfg.gate_stage, *stages}
     assert tasks["check_raw_data"]["upstream"] == []
-    graph = orch.stage_graph(orch.read_stages(REPO / "dvc.yaml"), cfg.gate_stage, cfg.promote_stage)
+    graph = orch.stage_graph(dvcfiles.read_stages(REPO / "dvc.yaml"), cfg.gate_stage, cfg.promote_stage)
     for name in stages:
         ancestors = _ancestors(tasks, name)
         assert "check_raw_data" in ancestors

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 from tests.conftest import REPO, VENV_BIN, run_in
 from tests.dags.conftest import DagRunResult, new_airflow_home, run_dag
 
 pytestmark = pytest.mark.slow
 
-STAGES = [s.name for s in orch.read_stages(REPO / "dvc.yaml")]
+STAGES = [s.name for s in dvcfiles.read_stages(REPO / "dvc.yaml")]
 CFG = orch.load_airflow_params(REPO / "params.yaml")
 GATE = CFG.gate_stage
 
@@ -41,7 +42,8 @@ def champion(project: Path) -> str | None:
     """Version behind models:/m6rec@champion in the project's MLflow store (None without one)."""
     assert CFG.promote_stage in STAGES, f"dvc.yaml has no '{CFG.promote_stage}' stage"
     res = run_in(project, str(VENV_BIN / "python"), "-c",
-                 "import json; from m6rec import tracking; v = tracking.get_alias(); "
+                 "import json; from m6rec import tracking; from m6rec.config import TrackingParams, load_section; "
+                 "v = tracking.get_alias(settings=load_section('tracking', TrackingParams, 'params.yaml')); "
                  "print(json.dumps(v.version if v else None))")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -120,7 +122,7 @@ def test_bad_data_stops_the_pipeline_at_the_gate(pipeline_run: tuple[Path, DagRu
     assert result.returncode != 0 and result.state == "failed", result.explain()
     assert result.tasks["check_raw_data"] == "success" and result.tasks[GATE] == "failed", result.explain()
     assert "data/raw CHANGED since data.dvc" in result.output
-    graph = orch.stage_graph(orch.read_stages(project / "dvc.yaml"), GATE, CFG.promote_stage)
+    graph = orch.stage_graph(dvcfiles.read_stages(project / "dvc.yaml"), GATE, CFG.promote_stage)
     before_gate, todo = {"check_raw_data", GATE}, list(graph[GATE])
     while todo:  # every stage that feeds the gate ran (prepare); everything else must not have
         before_gate.add(todo[-1])

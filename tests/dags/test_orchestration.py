@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from m6rec import dvcfiles
 from m6rec import orchestration as orch
 from tests.conftest import VENV_BIN, run_in
 
@@ -43,7 +44,7 @@ def write_dvc_yaml(folder: Path, stages: dict) -> Path:
 
 
 def test_stage_graph_of_the_architecture(tmp_path: Path) -> None:
-    graph = orch.stage_graph(orch.read_stages(write_dvc_yaml(tmp_path, ARCHITECTURE)))
+    graph = orch.stage_graph(dvcfiles.read_stages(write_dvc_yaml(tmp_path, ARCHITECTURE)))
     assert list(graph) == list(ARCHITECTURE)  # dvc.yaml order kept
     assert graph == {
         "prepare": [],
@@ -62,7 +63,7 @@ def test_stage_graph_of_the_architecture(tmp_path: Path) -> None:
 
 def test_stage_graph_without_gate_or_promotion_is_plain_data_flow(tmp_path: Path) -> None:
     stages = {"a": {"outs": ["x"]}, "b": {"deps": ["x"], "outs": ["y"]}, "c": {"outs": ["z"]}}
-    graph = orch.stage_graph(orch.read_stages(write_dvc_yaml(tmp_path, stages)))
+    graph = orch.stage_graph(dvcfiles.read_stages(write_dvc_yaml(tmp_path, stages)))
     assert graph == {"a": [], "b": ["a"], "c": []}
 
 
@@ -76,7 +77,7 @@ def test_foreach_and_templated_paths(tmp_path: Path) -> None:
     }
     path = tmp_path / "dvc.yaml"
     path.write_text(yaml.safe_dump({"stages": stages}))
-    read = {s.name: s for s in orch.read_stages(path)}
+    read = {s.name: s for s in dvcfiles.read_stages(path)}
     assert read["train"].deps == ("data/validated",) and read["train"].outs == ("models",)
     graph = orch.stage_graph(list(read.values()))
     assert graph["train"] == ["validate"] and graph["report"] == ["train"]
@@ -85,9 +86,9 @@ def test_foreach_and_templated_paths(tmp_path: Path) -> None:
 def test_cycles_and_missing_dvc_yaml_are_clear_errors(tmp_path: Path) -> None:
     stages = {"a": {"deps": ["y"], "outs": ["x"]}, "b": {"deps": ["x"], "outs": ["y"]}}
     with pytest.raises(orch.OrchestrationError, match="depends on itself"):
-        orch.stage_graph(orch.read_stages(write_dvc_yaml(tmp_path, stages)))
-    with pytest.raises(orch.OrchestrationError, match="not found"):
-        orch.read_stages(tmp_path / "nope" / "dvc.yaml")
+        orch.stage_graph(dvcfiles.read_stages(write_dvc_yaml(tmp_path, stages)))
+    with pytest.raises(dvcfiles.DvcFileError, match="not found"):
+        dvcfiles.read_stages(tmp_path / "nope" / "dvc.yaml")
 
 
 def test_airflow_params_reject_unknown_keys(tmp_path: Path) -> None:

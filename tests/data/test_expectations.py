@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from m6rec.config import ConfigError, load_section
+from m6rec.config import ConfigError, PrepareParams, ValidateParams, load_section
 from m6rec.data import schema
-from m6rec.data.expectations import Thresholds, build_batches, build_suites, failure_messages, run_checks
+from m6rec.data.checkpoint import failure_messages, run_checks
+from m6rec.data.expectations import Thresholds, build_batches, build_suites
 from m6rec.data.parsers import ParseError
 from m6rec.stages import validate as stage
-from m6rec.stages.prepare import PrepareParams
-from m6rec.stages.prepare import run as prepare_run
+from m6rec.data.validation import load_tables
+from m6rec.data.prepare import prepare_datasets as prepare_run
 
 REPO = Path(__file__).resolve().parents[2]
 # Two explicit domains with different rating scales (0.5-5 in halves, 1-5) and one implied-feedback domain.
@@ -50,14 +51,14 @@ def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cfg() -> stage.ValidateParams:
+def cfg() -> ValidateParams:
     """The repository's own `validate` params (so these tests also prove params.yaml fits the data)."""
-    return load_section("validate", stage.ValidateParams, REPO / "params.yaml")
+    return load_section("validate", ValidateParams, REPO / "params.yaml")
 
 
 @pytest.fixture(scope="module")
 def clean(small_prepared: Path) -> tuple[dict[str, pd.DataFrame], dict]:
-    return stage.load_tables(small_prepared)
+    return load_tables(small_prepared)
 
 
 def fresh(clean: tuple[dict[str, pd.DataFrame], dict]) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -66,7 +67,7 @@ def fresh(clean: tuple[dict[str, pd.DataFrame], dict]) -> tuple[dict[str, pd.Dat
     return {k: v.copy(deep=True) for k, v in tables.items()}, json.loads(json.dumps(meta))
 
 
-def check(tables: dict[str, pd.DataFrame], meta: dict, cfg: stage.ValidateParams, tmp_path: Path):
+def check(tables: dict[str, pd.DataFrame], meta: dict, cfg: ValidateParams, tmp_path: Path):
     suites = build_suites(meta, cfg.thresholds())
     return run_checks(build_batches(tables, meta), suites, tmp_path / "docs", cfg.max_examples, data_docs=False)
 
@@ -234,7 +235,7 @@ def test_empty_interactions_table_is_caught(clean, cfg, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the stage
 
-def stage_params(tmp_path: Path, in_dir: Path, cfg: stage.ValidateParams) -> tuple[Path, dict]:
+def stage_params(tmp_path: Path, in_dir: Path, cfg: ValidateParams) -> tuple[Path, dict]:
     section = {**cfg.__dict__, "in_dir": str(in_dir), "out_dir": str(tmp_path / "data" / "validated"),
                "report_dir": str(tmp_path / "reports" / "validation"),
                "metrics_file": str(tmp_path / "metrics" / "validation.json")}

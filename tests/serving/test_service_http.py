@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from m6rec import tracking
+from m6rec.config import TrackingParams
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.local_server import LocalServer
 from m6rec.serving.recommender import Recommender
 from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
 from tests.serving.svd_bundles import svd_bundle
+
+SETTINGS = TrackingParams()  # the store itself comes from MLFLOW_TRACKING_URI
 
 MAX_K = 50
 
@@ -29,10 +32,10 @@ def registry(tmp_path_factory, serving_bundle_dir, tiny_prepared):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
-        with tracking.start_run("register", {}):
-            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"))
-            v2 = tracking.register_model(tracking.log_model(other, "random16"))
-        tracking.set_alias(v1.version)
+        with tracking.start_run("register", {}, settings=SETTINGS):
+            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"), settings=SETTINGS)
+            v2 = tracking.register_model(tracking.log_model(other, "random16"), settings=SETTINGS)
+        tracking.set_alias(v1.version, settings=SETTINGS)
         yield {"root": root, "v1": v1.version, "v2": v2.version, "random_bundle": other}
 
 
@@ -256,7 +259,7 @@ def test_a_promotion_does_not_change_a_running_server(server, registry, local):
     before = post(server, "recommend", body).json()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root'] / 'mlflow.db'}")
-        tracking.set_alias(registry["v2"])
-        assert tracking.get_alias().version == registry["v2"]
+        tracking.set_alias(registry["v2"], settings=SETTINGS)
+        assert tracking.get_alias(settings=SETTINGS).version == registry["v2"]
     assert post(server, "metadata").json()["version"] == registry["v1"]
     assert post(server, "recommend", body).json() == before

@@ -57,6 +57,7 @@ def tfidf_encode(texts: list[str]) -> np.ndarray:
 def params_for(root: Path, multitask_domains: list[str], finetune: dict | None = None) -> Path:
     params = {
         "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),
@@ -87,7 +88,7 @@ def build_pretrained(root: Path) -> Path:
     from m6rec.stages import graph as graph_stage
     from m6rec.stages import pretrain as pretrain_stage
     from m6rec.config import PrepareParams, TextEmbeddingsParams
-    from m6rec.stages.prepare import run
+    from m6rec.data.prepare import prepare_datasets as run
     from m6rec.text.embeddings import embed_items, save_embeddings
 
     if (root / "pretrain" / "model.pt").is_file():

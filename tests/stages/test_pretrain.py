@@ -30,6 +30,7 @@ DOMAINS = ("ml-100k", "lightgcn-gowalla")
 def _write_params(root: Path) -> Path:
     params = {
         "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": list(DOMAINS)},
         "text_embeddings": {"in_dir": str(root / "validated"), "out_dir": str(root / "embeddings"),
@@ -49,7 +50,7 @@ def _write_params(root: Path) -> Path:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared data (150 users per domain) and the three stages run through their main()."""
     from m6rec.config import PrepareParams
-    from m6rec.stages.prepare import run
+    from m6rec.data.prepare import prepare_datasets as run
 
     root = tmp_path_factory.mktemp("pretrain")
     run(mirror_dir(), root / "validated", REPO / "config" / "datasets.yaml",

@@ -31,6 +31,7 @@ def _write_params(root: Path, run: str) -> Path:
     """Params of one pretrain run writing under root/run; the prepared data and graph are shared."""
     params = {
         "protocol": {"ks": [10, 20], "batch_users": 512, "select_metric": "ndcg@20"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "graph": {"in_dir": str(root / "validated"), "out_dir": str(root / "graph"),
                   "metrics": str(root / "metrics" / "graph.json"), "domains": ["ml-100k"]},
         "pretrain": {"in_dir": str(root / "validated"), "graph_dir": str(root / "graph"),
@@ -50,7 +51,7 @@ def _write_params(root: Path, run: str) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same pretrain stage run as one process (in-process main) and under torchrun with 2 gloo processes."""
     from m6rec.config import PrepareParams
-    from m6rec.stages.prepare import run
+    from m6rec.data.prepare import prepare_datasets as run
 
     root = tmp_path_factory.mktemp("pretrain_ddp")
     run(mirror_dir(), root / "validated", REPO / "config" / "datasets.yaml",

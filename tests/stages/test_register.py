@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from m6rec import tracking
-from m6rec.config import ConfigError
+from m6rec.config import ConfigError, TrackingParams
 from m6rec.serving.bundle import Bundle
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
 from m6rec.stages import register
-from m6rec.stages.register import RegisterParams, bundle_figure, decide, parse_metric
+from m6rec.config import RegisterParams, parse_metric
+from m6rec.promotion import bundle_figure, decide, recorded_figure
 from tests.serving.svd_bundles import svd_bundle
+
+SETTINGS = TrackingParams()  # the store itself comes from MLFLOW_TRACKING_URI in the fixture
 
 DOMAINS = ["ml-100k", "amazon-office"]
 METRIC = "valid.ndcg@20"
@@ -92,42 +95,43 @@ def test_promotion_sequence(project):
     low, mid, high = project["low"], project["mid"], project["high"]
     ok = checks(root, True)
 
-    first = register.run(cfg(mid), ok)
+    first = register.run(cfg(mid), ok, settings=SETTINGS)
     assert first["promoted"] and first["reason"] == "promoted: no champion yet"
     assert first["champion_before"] is None
     assert first["candidate"]["value"] == pytest.approx(figs[mid]) and first["candidate"]["source"] == "bundle-meta"
-    champ = tracking.get_alias("m6rec")
+    champ = tracking.get_alias("m6rec", settings=SETTINGS)
     assert champ.version == first["candidate"]["version"] == first["champion_after"]
     assert float(champ.tags[register.TAG_VALUE]) == pytest.approx(figs[mid])
     assert champ.tags[register.TAG_DATA] == project["version"]
     on_disk = json.loads((root / "reports" / "promotion.json").read_text())
     assert on_disk == first
 
-    worse = register.run(cfg(low), ok)
+    worse = register.run(cfg(low), ok, settings=SETTINGS)
     assert not worse["promoted"] and worse["decision"] == "kept"
     assert worse["champion_before"]["source"] == "tags"
     assert worse["champion_before"]["value"] == pytest.approx(figs[mid])
-    assert tracking.get_alias("m6rec").version == champ.version
-    assert tracking.get_version("m6rec", worse["candidate"]["version"]).tags["model"] == low  # registered anyway
+    assert tracking.get_alias("m6rec", settings=SETTINGS).version == champ.version
+    registered = tracking.get_version("m6rec", worse["candidate"]["version"], settings=SETTINGS)
+    assert registered.tags["model"] == low  # registered anyway
 
-    failed = register.run(cfg(high), checks(root, False))
+    failed = register.run(cfg(high), checks(root, False), settings=SETTINGS)
     assert not failed["promoted"] and "data checks failed" in failed["reason"]
-    missing = register.run(cfg(high), checks(root, None))
+    missing = register.run(cfg(high), checks(root, None), settings=SETTINGS)
     assert not missing["promoted"] and "no data-check summary" in missing["reason"]
-    assert tracking.get_alias("m6rec").version == champ.version
+    assert tracking.get_alias("m6rec", settings=SETTINGS).version == champ.version
 
     gap = figs[high] - figs[mid]
-    within_margin = register.run(cfg(high, margin=gap + 1e-3), checks(root, True))
+    within_margin = register.run(cfg(high, margin=gap + 1e-3), checks(root, True), settings=SETTINGS)
     assert not within_margin["promoted"]
 
-    better = register.run(cfg(high, margin=gap / 2), checks(root, True))
+    better = register.run(cfg(high, margin=gap / 2), checks(root, True), settings=SETTINGS)
     assert better["promoted"]
     assert better["champion_before"]["version"] == champ.version
-    assert tracking.get_alias("m6rec").version == better["candidate"]["version"] != champ.version
+    assert tracking.get_alias("m6rec", settings=SETTINGS).version == better["candidate"]["version"] != champ.version
 
     # Every run registered its candidate: 6 versions, the champion the last one.
-    assert tracking.get_version("m6rec", 6).version == "6"
-    assert tracking.get_alias("m6rec").version == "6"
+    assert tracking.get_version("m6rec", 6, settings=SETTINGS).version == "6"
+    assert tracking.get_alias("m6rec", settings=SETTINGS).version == "6"
 
 
 def test_changed_data_reevaluates_the_champion(project):
@@ -143,8 +147,9 @@ def test_changed_data_reevaluates_the_champion(project):
         meta = other / "meta.json"
         meta.write_text(meta.read_text() + "\n")
     assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]
-    champ = tracking.get_alias("m6rec")
-    report = register.run(cfg(project["low"], data_dir="data/validated-v2"), checks(root, True))
+    champ = tracking.get_alias("m6rec", settings=SETTINGS)
+    report = register.run(cfg(project["low"], data_dir="data/validated-v2"), checks(root, True),
+                          settings=SETTINGS)
     before = report["champion_before"]
     assert before["version"] == champ.version and before["source"] == "re-evaluated"
     assert before["value"] == pytest.approx(float(champ.tags[register.TAG_VALUE]), abs=1e-6)
@@ -164,6 +169,7 @@ def test_main_reads_params_and_validate_report_dir(project):
     (good / "summary.json").write_text(json.dumps({"success": True}))
     params = {
         "validate": {"report_dir": "checks-ok"},
+        "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "register": {"candidates": [{"bundle": f"models/{low}", "metrics": f"metrics/{low}.json"}],
                      "metric": METRIC, "domains": DOMAINS, "margin": 0.0, "report": "reports/main.json"},
     }
@@ -178,14 +184,14 @@ def test_recorded_figure_reads_one_schema(project):
     """The bundle's meta in the metrics files' schema; the old ``{domain: {split}}`` shape reads the same; a served
     domain without a figure is an error; a meta without metrics has no recorded figure."""
     meta = read_meta(project["root"] / "models" / project["mid"])
-    fig = register.recorded_figure(meta, METRIC, DOMAINS)
+    fig = recorded_figure(meta, METRIC, DOMAINS)
     assert fig.source == "bundle-meta" and fig.value == pytest.approx(project["figures"][project["mid"]])
     old = {**meta, "metrics": {d: r[meta["model"]] for d, r in meta["metrics"].items()}}
-    assert register.recorded_figure(old, METRIC, DOMAINS).per_domain == fig.per_domain
-    assert register.recorded_figure(meta, METRIC, [*DOMAINS, "not-served"]).per_domain["not-served"] is None
+    assert recorded_figure(old, METRIC, DOMAINS).per_domain == fig.per_domain
+    assert recorded_figure(meta, METRIC, [*DOMAINS, "not-served"]).per_domain["not-served"] is None
     with pytest.raises(KeyError, match="amazon-office"):
-        register.recorded_figure({**meta, "metrics": {"ml-100k": meta["metrics"]["ml-100k"]}}, METRIC, DOMAINS)
-    assert register.recorded_figure({**meta, "metrics": {}}, METRIC, DOMAINS) is None
+        recorded_figure({**meta, "metrics": {"ml-100k": meta["metrics"]["ml-100k"]}}, METRIC, DOMAINS)
+    assert recorded_figure({**meta, "metrics": {}}, METRIC, DOMAINS) is None
 
 
 def test_candidate_without_recorded_metrics_is_evaluated(project):
@@ -221,12 +227,13 @@ def test_history_model_is_gated_on_its_own_scores(project):
                    "metrics": {domain: {"valid": {"ndcg@20": figure}}}})
     params = RegisterParams(candidates=({"bundle": "models/attention"},), metric=METRIC, domains=(domain,),
                             model_name="m6rec-history")
-    first = register.run(params, checks(root, True))
+    first = register.run(params, checks(root, True), settings=SETTINGS)
     assert first["promoted"] and first["candidate"]["source"] == "bundle-meta"
     assert first["candidate"]["value"] == pytest.approx(figure) and first["candidate"]["metrics_file"] is None
 
     assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]  # from the test above
-    again = register.run(RegisterParams(**{**params.__dict__, "data_dir": "data/validated-v2"}), checks(root, True))
+    again = register.run(RegisterParams(**{**params.__dict__, "data_dir": "data/validated-v2"}), checks(root, True),
+                         settings=SETTINGS)
     assert again["candidate"]["source"] == "re-evaluated" and again["champion_before"]["source"] == "re-evaluated"
     assert again["candidate"]["value"] == pytest.approx(figure, abs=1e-6)
     assert again["champion_before"]["value"] == pytest.approx(figure, abs=1e-6)

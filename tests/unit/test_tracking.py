@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from m6rec import tracking
+from m6rec import provenance, tracking
+from m6rec.config import TrackingParams, load_params, section
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 from tests.serving.svd_bundles import svd_bundle
+
+SETTINGS = TrackingParams()  # the defaults: experiment m6rec, mlflow.db, mlartifacts
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 def client():
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri())
+    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(SETTINGS))
 
 
 def test_import_has_no_side_effects():
@@ -42,12 +45,12 @@ def test_default_store_is_sqlite_in_project_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("M6REC_ARTIFACT_ROOT", raising=False)
     monkeypatch.setenv("M6REC_ROOT", str(tmp_path))
-    uri = tracking.tracking_uri()
+    uri = tracking.tracking_uri(SETTINGS)
     assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert tracking.artifact_root(uri) == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert tracking.artifact_root(uri, SETTINGS) == (tmp_path.resolve() / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
-    assert tracking.artifact_root("http://127.0.0.1:5000") is None
+    assert tracking.tracking_uri(SETTINGS) == "http://127.0.0.1:5000"
+    assert tracking.artifact_root("http://127.0.0.1:5000", SETTINGS) is None
 
 
 def test_flatten_metrics_nested_and_names():
@@ -76,19 +79,19 @@ def test_data_version_from_dvc_records_and_content(tmp_path):
                      "outs": [{"path": "data/validated", "md5": "v1.dir"}]}}}))
     (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "r1.dir", "path": "data/raw"}]}))
     (tmp_path / ".dvc").mkdir()  # DVC's own folder matches *.dvc too
-    assert tracking.data_version(paths=["data/validated"], root=tmp_path) == "v1.dir"
-    assert tracking.data_version(paths=["data/raw"], root=tmp_path) == "r1.dir"
-    assert tracking.data_version(paths=["data/prepared"], root=tmp_path) == "p1.dir"
+    assert provenance.data_version(paths=["data/validated"], root=tmp_path) == "v1.dir"
+    assert provenance.data_version(paths=["data/raw"], root=tmp_path) == "r1.dir"
+    assert provenance.data_version(paths=["data/prepared"], root=tmp_path) == "p1.dir"
     # data/graph is not recorded: its content is hashed, and the version follows the content.
     graph = tmp_path / "data" / "graph"
     graph.mkdir(parents=True)
     (graph / "edges.npy").write_bytes(b"abc")
-    v1 = tracking.data_version(stage="train", root=tmp_path)
-    assert v1 == tracking.data_version(paths=["data/graph", "data/validated"], root=tmp_path)
+    v1 = provenance.data_version(stage="train", root=tmp_path)
+    assert v1 == provenance.data_version(paths=["data/graph", "data/validated"], root=tmp_path)
     (graph / "edges.npy").write_bytes(b"abd")
-    assert tracking.data_version(stage="train", root=tmp_path) != v1
-    assert tracking.data_version(paths=["nothing/here"], root=tmp_path) == "missing"
-    assert tracking.data_version(stage="no-such-stage", root=tmp_path) == "unknown"
+    assert provenance.data_version(stage="train", root=tmp_path) != v1
+    assert provenance.data_version(paths=["nothing/here"], root=tmp_path) == "missing"
+    assert provenance.data_version(stage="no-such-stage", root=tmp_path) == "unknown"
 
 
 def test_run_logs_params_tags_metrics_artifacts(store):
@@ -97,7 +100,7 @@ def test_run_logs_params_tags_metrics_artifacts(store):
     report = store / "report.json"
     report.write_text('{"a": 1}')
     with tracking.start_run("train_x", {"train_x": {"dim": 64, "lr": 0.01}}, tags={"note": "t"},
-                            data_paths=["data/validated"]) as run_id:
+                            data_paths=["data/validated"], settings=SETTINGS) as run_id:
         tracking.log_epoch({"loss": 1.0, "valid_ndcg@20": 0.1}, step=0)
         tracking.log_epoch({"loss": 0.5, "valid_ndcg@20": 0.2}, step=1)
         tracking.log_metrics({"ml-100k": {"mf": {"test": {"recall@10": 0.3, "rmse": float("nan")}}}})
@@ -120,27 +123,26 @@ def test_run_logs_params_tags_metrics_artifacts(store):
     assert exp.artifact_location == (store / "mlartifacts").resolve().as_uri()
 
 
-def test_params_section_names_the_experiment_and_store(store, monkeypatch):
+def test_settings_name_the_experiment_and_store(store, monkeypatch):
+    """The caller's tracking section decides; a params.yaml in the working directory is not read."""
+    (store / "params.yaml").write_text(yaml.safe_dump({"tracking": {"experiment": "m6rec-cwd"}}))
     params = store / "params-tracking.yaml"
     params.write_text(yaml.safe_dump({"tracking": {"experiment": "m6rec-other", "db": "other.db",
                                                    "artifacts": "other-artifacts"}}))
-    monkeypatch.setenv("M6REC_PARAMS", str(params))
-    assert tracking.settings().experiment == "m6rec-other"
-    with tracking.start_run("x", {}) as run_id:
+    other = section(load_params(params), "tracking", TrackingParams)
+    with tracking.start_run("x", {}, settings=other) as run_id:
         pass
     assert client().get_experiment(client().get_run(run_id).info.experiment_id).name == "m6rec-other"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("M6REC_ROOT", str(store))
-    assert tracking.tracking_uri() == f"sqlite:///{store.resolve() / 'other.db'}"
-    assert tracking.artifact_root(tracking.tracking_uri()).endswith("/other-artifacts")
-    params.write_text(yaml.safe_dump({"tracking": {"experiment": "x", "typo": 1}}))
-    with pytest.raises(Exception, match="typo"):
-        tracking.settings()
+    assert tracking.tracking_uri(other) == f"sqlite:///{store.resolve() / 'other.db'}"
+    assert tracking.artifact_root(tracking.tracking_uri(other), other).endswith("/other-artifacts")
+    (store / "params.yaml").unlink()
 
 
 def test_failed_body_marks_run_failed(store):
     with pytest.raises(ZeroDivisionError):
-        with tracking.start_run("boom", {}) as run_id:
+        with tracking.start_run("boom", {}, settings=SETTINGS) as run_id:
             raise ZeroDivisionError("boom")
     assert client().get_run(run_id).info.status == "FAILED"
 
@@ -153,25 +155,26 @@ def test_logging_outside_a_run_is_an_error(store):
 def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tmp_path):
     bundle_dir = export_bundle(tmp_path / "bundle", svd_bundle(tiny_prepared, ["ml-100k"], dim=8),
                                {"model": "svd8", "data_version": "v"})
-    assert tracking.get_alias("m6rec-roundtrip") is None  # no such model yet
-    with tracking.start_run("register", {}):
+    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # no such model yet
+    with tracking.start_run("register", {}, settings=SETTINGS):
         uri = tracking.log_model(bundle_dir, "svd8")
         assert uri.startswith("models:/m-")
-        v1 = tracking.register_model(uri, "m6rec-roundtrip", tags={"register.metric_value": "0.5"})
-        v2 = tracking.register_model(tracking.log_model(bundle_dir, "svd8"), "m6rec-roundtrip")
+        v1 = tracking.register_model(uri, "m6rec-roundtrip", tags={"register.metric_value": "0.5"},
+                                     settings=SETTINGS)
+        v2 = tracking.register_model(tracking.log_model(bundle_dir, "svd8"), "m6rec-roundtrip", settings=SETTINGS)
     assert (v1.version, v2.version) == ("1", "2")
     assert v1.tags["register.metric_value"] == "0.5"
-    assert tracking.get_alias("m6rec-roundtrip") is None  # registered, not promoted
-    tracking.set_alias(v1.version, "m6rec-roundtrip")
-    champ = tracking.get_alias("m6rec-roundtrip")
+    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # registered, not promoted
+    tracking.set_alias(v1.version, "m6rec-roundtrip", settings=SETTINGS)
+    champ = tracking.get_alias("m6rec-roundtrip", settings=SETTINGS)
     assert champ.version == "1" and "champion" in champ.aliases
-    tracking.set_alias(v2.version, "m6rec-roundtrip")  # the alias moves
-    assert tracking.get_alias("m6rec-roundtrip").version == "2"
-    assert tracking.resolve_model_uri("models:/m6rec-roundtrip@champion").version == "2"
+    tracking.set_alias(v2.version, "m6rec-roundtrip", settings=SETTINGS)  # the alias moves
+    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS).version == "2"
+    assert tracking.resolve_model_uri("models:/m6rec-roundtrip@champion", settings=SETTINGS).version == "2"
     with pytest.raises(LookupError, match="no alias 'nope'"):
-        tracking.resolve_model_uri("models:/m6rec-roundtrip@nope")
+        tracking.resolve_model_uri("models:/m6rec-roundtrip@nope", settings=SETTINGS)
 
-    local = tracking.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl")
+    local = tracking.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl", settings=SETTINGS)
     assert (local / "MLmodel").is_file()
     back, orig = load_bundle(local), load_bundle(bundle_dir)
     assert back.meta == orig.meta
@@ -183,7 +186,7 @@ def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tm
 
 
 def test_log_model_needs_a_folder(store, tmp_path):
-    with tracking.start_run("register", {}):
+    with tracking.start_run("register", {}, settings=SETTINGS):
         with pytest.raises(FileNotFoundError, match="no-bundle"):
             tracking.log_model(tmp_path / "no-bundle", "x")
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from m6rec.config import PrepareParams
 from m6rec.data import schema
 from m6rec.data.sources import DatasetSpec
 from m6rec.data.splits import choose_cold_items, fixed_split_with_valid, leakage_report, per_user_split
@@ -127,3 +131,39 @@ def combine(tables: list[DomainTables], params: SplitParams) -> tuple[pd.DataFra
     meta = {"domains": [t.meta["domain"] for t in tables], "per_domain": {t.meta["domain"]: t.meta for t in tables},
             "split_params": params.__dict__}
     return interactions, items, users, meta
+
+
+def prepare_datasets(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: PrepareParams) -> dict:
+    """Parse, canonicalise and write every domain of `cfg` from `raw_dir` to `out_dir`; returns meta. Writes
+    atomically (temp folder, then rename), so a failure leaves the last prepared data as it was."""
+    from m6rec.data.parsers import parse
+    from m6rec.data.sources import load_registry
+
+    registry = load_registry(registry_path)
+    unknown = sorted(set(cfg.domains) - set(registry))
+    if unknown:
+        raise SystemExit(f"params.yaml prepare.domains names unknown datasets {unknown}")
+    split_params = SplitParams(cfg.test_frac, cfg.valid_frac, cfg.min_user_interactions, cfg.cold_item_frac,
+                               cfg.max_users, cfg.seed)
+    tables = []
+    for name in cfg.domains:
+        folder = raw_dir / name
+        if not folder.is_dir():
+            raise SystemExit(f"raw data for '{name}' not found in {folder}: run `python -m m6rec.stages.download`")
+        inter, items = parse(registry[name].parser, folder)
+        tables.append(canonicalise(registry[name], inter, items, split_params))
+    interactions, items, users, meta = combine(tables, split_params)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir.parent))
+    try:
+        interactions.to_parquet(tmp / schema.INTERACTIONS, index=False)
+        items.to_parquet(tmp / schema.ITEMS, index=False)
+        users.to_parquet(tmp / schema.USERS, index=False)
+        (tmp / schema.META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return meta

@@ -8,8 +8,10 @@ Which bundle is served, in order of precedence:
    ``m6rec.tracking``. An alias is resolved to its version once, at start-up, so a promotion while the server runs
    does not change what it serves; restart (or redeploy) to pick up a new champion.
 
-Settings come from ``M6REC_PARAMS`` (default ``params.yaml``, skipped when absent, e.g. in a container) with the
-env overrides ``M6REC_MAX_K``, ``M6REC_MAX_BATCH`` and ``M6REC_PRELOAD_ENCODER``.
+Settings are resolved once, at start-up, by :func:`serve_settings`: the ``serve`` and ``tracking`` sections of
+``M6REC_PARAMS`` (default ``params.yaml``, skipped when absent, e.g. in a container) with the env overrides
+``M6REC_MAX_K``, ``M6REC_MAX_BATCH`` and ``M6REC_PRELOAD_ENCODER``; the tracking section is handed to
+``m6rec.tracking`` explicitly.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m6rec.config import ConfigError, load_params, section
+from m6rec.config import ConfigError, TrackingParams, load_params, section
 from m6rec.serving.bundle import Bundle
 from m6rec.serving.bundle_io import load_bundle
 
@@ -58,15 +60,17 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
 
 
-def serve_params(env: dict[str, str] | None = None) -> ServeParams:
-    """ServeParams from params.yaml (if present) with environment overrides applied."""
+def serve_settings(env: dict[str, str] | None = None) -> tuple[ServeParams, TrackingParams]:
+    """The ``serve`` (environment overrides applied) and ``tracking`` sections of the service's params file."""
     env = dict(os.environ if env is None else env)
     params_file = Path(env.get("M6REC_PARAMS", "params.yaml"))
-    cfg = ServeParams()
+    cfg, store = ServeParams(), TrackingParams()
     if params_file.is_file():
         params = load_params(params_file)
         if "serve" in params:
             cfg = section(params, "serve", ServeParams)
+        if "tracking" in params:
+            store = section(params, "tracking", TrackingParams)
     overrides: dict[str, Any] = {}
     if env.get("M6REC_BUNDLE"):
         overrides["bundle_dir"] = env["M6REC_BUNDLE"]
@@ -82,11 +86,11 @@ def serve_params(env: dict[str, str] | None = None) -> ServeParams:
                 raise ConfigError(f"{var} must be an integer, got {env[var]!r}") from exc
     if env.get("M6REC_PRELOAD_ENCODER"):
         overrides["preload_encoder"] = env["M6REC_PRELOAD_ENCODER"].lower() in ("1", "true", "yes")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return (dataclasses.replace(cfg, **overrides) if overrides else cfg), store
 
 
-def load_served_model(cfg: ServeParams) -> ServedModel:
-    """Load the bundle named by ``cfg`` (a folder, or an MLflow model URI)."""
+def load_served_model(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
+    """Load the bundle named by ``cfg`` (a folder, or an MLflow model URI in the store of ``settings``)."""
     if cfg.bundle_dir:
         path = Path(cfg.bundle_dir)
         log.info("serving bundle folder %s", path)
@@ -94,13 +98,13 @@ def load_served_model(cfg: ServeParams) -> ServedModel:
 
     from m6rec import tracking  # imports mlflow lazily; only needed on this path
 
-    info = tracking.resolve_model_uri(cfg.model_uri)
+    info = tracking.resolve_model_uri(cfg.model_uri, settings=settings)
     uri = info.uri if info is not None else cfg.model_uri  # pin the alias to one version
     dst = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.mkdtemp(prefix="m6rec-model-"))
     if cfg.cache_dir and info is not None:
         dst = dst / f"{info.name}-v{info.version}"
-    local = tracking.download_model(uri, dst)
-    log.info("serving %s (%s) from %s", cfg.model_uri, uri, tracking.tracking_uri())
+    local = tracking.download_model(uri, dst, settings=settings)
+    log.info("serving %s (%s) from %s", cfg.model_uri, uri, tracking.tracking_uri(settings))
     return ServedModel(bundle=load_bundle(local), source=uri,
                        version=info.version if info is not None else None,
                        aliases=info.aliases if info is not None else ())

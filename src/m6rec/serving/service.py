@@ -24,7 +24,7 @@ with bentoml.importing():
 
     from m6rec.serving import timeout
     from m6rec.serving.batching import MicroBatcher
-    from m6rec.serving.loader import load_served_model, serve_params
+    from m6rec.serving.loader import load_served_model, serve_settings
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
 
 
@@ -140,9 +140,9 @@ class M6RecService:
     """Loads the bundle once; each endpoint validates its request and calls the Recommender."""
 
     def __init__(self) -> None:
-        cfg = serve_params()
+        cfg, store = serve_settings()
         torch.set_num_threads(cfg.torch_threads)
-        served = load_served_model(cfg)
+        served = load_served_model(cfg, store)
         self.rec = Recommender(served.bundle, max_k=cfg.max_k, max_history=cfg.max_history,
                                explain_n=cfg.explain_n, version=served.version, source=served.source)
         # Concurrent recommend requests share one matrix product (see m6rec.serving.batching).

@@ -7,24 +7,12 @@ Not a DVC stage: its output, data/raw, is tracked by `data.dvc` (`dvc add data/r
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from m6rec.config import load_section
-from m6rec.data.sources import OFFLINE_ENV, DataSourceError, default_mirror, fetch_dataset, load_registry
+from m6rec.config import ConfigError, DataParams, load_section
+from m6rec.data.download import download
+from m6rec.data.sources import OFFLINE_ENV
 from m6rec.log import setup_logging
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataParams:
-    registry: str = "config/datasets.yaml"  # dataset registry (sources, sha256, parsers)
-    raw_dir: str = "data/raw"  # where raw datasets are stored (tracked by data.dvc)
-    datasets: tuple[str, ...] = ()  # datasets to get; empty = every registered one
-    timeout_s: float = 30.0  # per-request timeout for official sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,26 +23,11 @@ def main(argv: list[str] | None = None) -> int:
                         "or ../shared/data)")
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = load_section("data", DataParams, args.params)
-    registry = load_registry(cfg.registry)
-    names = list(cfg.datasets) or list(registry)
-    unknown = sorted(set(names) - set(registry))
-    if unknown:
-        raise SystemExit(f"params.yaml data.datasets names unknown datasets {unknown}; registered: {sorted(registry)}")
-    offline = args.offline or os.environ.get(OFFLINE_ENV, "") not in ("", "0")
-    mirror = args.mirror or default_mirror()
-    failures = []
-    for name in names:
-        try:
-            fetch_dataset(registry[name], Path(cfg.raw_dir), mirror, offline=offline, timeout=cfg.timeout_s)
-        except DataSourceError as exc:
-            log.error("%s", exc)
-            failures.append(name)
-    if failures:
-        log.error("could not obtain: %s", ", ".join(failures))
-        return 1
-    log.info("raw data ready in %s (%d datasets)", cfg.raw_dir, len(names))
-    return 0
+    try:
+        failures = download(load_section("data", DataParams, args.params), args.mirror, args.offline)
+    except ConfigError as exc:
+        raise SystemExit(f"{args.params}: {exc}") from exc
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

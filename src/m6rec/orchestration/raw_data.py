@@ -1,0 +1,115 @@
+"""The pipeline's first task: check data/raw against the dataset registry, download what is missing.
+
+Raw-data policy: data/raw is versioned (sha256 per file in config/datasets.yaml, the directory hash in data.dvc).
+A file whose bytes differ from the registry is never overwritten or "repaired": the check fails, names each file
+with both hashes, and leaves the file in place for investigation. New data enters by a reviewed registry change
+(new sha256); the download then fetches it, `dvc status data.dvc` reports it as changed, and the Great
+Expectations gate (`validate`) decides whether training may use it. Missing datasets are simply downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m6rec.orchestration.tasks import SKIP_EXIT_CODE, OrchestrationError, tool
+
+log = logging.getLogger(__name__)
+
+DATA_ERROR_EXIT_CODE = 3  # raw data differs from the registry, or is incomplete after the download
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    name: str
+    missing: tuple[str, ...]  # registered files that are absent
+    modified: tuple[tuple[str, str, str], ...]  # (file, registry sha256, actual sha256)
+
+    @property
+    def status(self) -> str:
+        return "modified" if self.modified else "missing" if self.missing else "verified"
+
+
+def dataset_state(spec: Any, folder: Path) -> DatasetState:
+    """Compare `folder` with a registry entry (m6rec.data.sources.DatasetSpec) file by file."""
+    from m6rec.data.sources import sha256_file
+
+    missing, modified = [], []
+    for name, expected in spec.files.items():
+        path = folder / name
+        if not path.is_file():
+            missing.append(name)
+            continue
+        actual = sha256_file(path)
+        if actual != expected:
+            modified.append((name, expected, actual))
+    return DatasetState(spec.name, tuple(missing), tuple(modified))
+
+
+def dvc_status(targets: list[str] | None = None) -> dict[str, Any]:
+    """`dvc status --json` of `targets` (all stages when None): {} when everything is up to date."""
+    cmd = [tool("dvc"), "--wait-for-lock", "status", *(targets or []), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise OrchestrationError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip().startswith(("{", "["))]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _modified_message(states: list[DatasetState], raw_dir: str, registry: str) -> str:
+    lines = [f"raw data differs from the registry ({registry}); nothing was overwritten:"]
+    for st in states:
+        for name, expected, actual in st.modified:
+            lines.append(f"  {raw_dir}/{st.name}/{name}: sha256 {actual}, registry expects {expected}")
+    lines.append("Either restore the registered version (`dvc checkout data.dvc`, or delete the dataset folder and "
+                 "re-run the download), or accept the new data by updating its sha256 in the registry in a "
+                 "reviewed change; the `validate` gate then checks it before any training.")
+    return "\n".join(lines)
+
+
+def check_raw_data(params_path: str | Path, mirror: Path | None, offline: bool,
+                   skip_if_up_to_date: bool = False) -> int:
+    """Returns the process exit code: 0 go on, 3 data problem, 99 nothing to do, 1 sources unreachable."""
+    from m6rec.config import DataParams, load_params, section
+    from m6rec.data.download import download
+    from m6rec.data.sources import load_registry
+
+    cfg = section(load_params(params_path), "data", DataParams)
+    registry = load_registry(cfg.registry)
+    names = list(cfg.datasets) or list(registry)
+    raw = Path(cfg.raw_dir)
+    states = [dataset_state(registry[n], raw / n) for n in names if n in registry]
+    modified = [s for s in states if s.modified]
+    if modified:
+        log.error("%s", _modified_message(modified, cfg.raw_dir, cfg.registry))
+        return DATA_ERROR_EXIT_CODE
+    missing = [s.name for s in states if s.missing]
+    if missing:
+        log.info("downloading missing datasets: %s", ", ".join(missing))
+        if download(cfg, mirror, offline):
+            # Not a data-content problem: the sources were unreachable. The next run tries again.
+            log.error("download failed for %s (see the errors above)", ", ".join(missing))
+            return 1
+        states = [dataset_state(registry[n], raw / n) for n in names if n in registry]
+        bad = [s for s in states if s.status != "verified"]
+        if bad:
+            log.error("after the download, still not verified: %s", ", ".join(f"{s.name} ({s.status})" for s in bad))
+            return DATA_ERROR_EXIT_CODE
+    log.info("raw data verified against %s: %s", cfg.registry, ", ".join(s.name for s in states))
+
+    if Path("data.dvc").is_file():
+        changed = bool(dvc_status(["data.dvc"]))
+        log.info("data/raw %s since data.dvc was last recorded", "CHANGED" if changed else "unchanged")
+    else:
+        changed = True
+        log.warning("no data.dvc: raw data is not tracked yet (`dvc add %s`)", cfg.raw_dir)
+    stale = dvc_status()
+    log.info("stages to rerun: %s", ", ".join(sorted(stale)) or "none (pipeline up to date)")
+    if skip_if_up_to_date and not changed and not stale:
+        log.info("nothing changed and every stage is up to date: skipping this run")
+        return SKIP_EXIT_CODE
+    return 0
