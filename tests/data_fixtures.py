@@ -62,8 +62,8 @@ def tiny_prepared(tiny_prepared_dir: Path):
 @pytest.fixture(scope="session")
 def ml100k_full(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The whole of ml-100k in canonical form (943 users): big enough for model-quality assertions."""
-    from m6rec.data.dataset import domain_data, load_prepared
     from m6rec.config import PrepareParams
+    from m6rec.data.dataset import domain_data, load_prepared
     from m6rec.data.prepare import prepare_datasets as run
 
     out = tmp_path_factory.mktemp("ml100k") / "prepared"

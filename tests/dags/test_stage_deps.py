@@ -13,68 +13,10 @@ from pathlib import Path
 import pytest
 
 from m6rec import dvcfiles
-from tests.conftest import REPO
+from tests.import_graph import REPO, SRC, closure, imported_modules, module_file, module_name
 
-SRC = REPO / "src"
 PACKAGE = SRC / "m6rec"
 STAGE_CMD = "python -m m6rec.stages."
-
-
-def module_file(module: str) -> Path | None:
-    """src/ file of an m6rec module (`pkg/__init__.py` for a package), None outside m6rec or if absent."""
-    if module != "m6rec" and not module.startswith("m6rec."):
-        return None
-    base = SRC.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def imported_modules(path: Path) -> set[str]:
-    """m6rec modules `path` imports anywhere (module or function level), `from a import b` counting a.b when b is
-    a module. Imports under `if TYPE_CHECKING:` never run and are left out."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    this = module_name(path)
-    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names
-                         if module_file(f"{target}.{alias.name}") is not None)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-    with_parents = set(found)
-    for name in found:
-        parts = name.split(".")
-        with_parents.update(".".join(parts[:i]) for i in range(1, len(parts)))
-    return {m for m in with_parents if module_file(m) is not None} - {this}
 
 
 def _runs_code(init: Path) -> bool:
@@ -85,15 +27,8 @@ def _runs_code(init: Path) -> bool:
 
 def reached_files(start: Path) -> set[Path]:
     """Every src/m6rec file that importing `start` can run (start included); empty package __init__s left out."""
-    seen: set[Path] = set()
-    todo = [start]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        todo.extend(module_file(m) for m in imported_modules(path))
-    return {p for p in seen if p.name != "__init__.py" or _runs_code(p)}
+    files, _ = closure(start)
+    return {p for p in files if p.name != "__init__.py" or _runs_code(p)}
 
 
 def _covered(path: str, deps: tuple[str, ...]) -> bool:

@@ -22,9 +22,9 @@ from m6rec.data import schema
 from m6rec.data.checkpoint import failure_messages, run_checks
 from m6rec.data.expectations import Thresholds, build_batches, build_suites
 from m6rec.data.parsers import ParseError
-from m6rec.stages import validate as stage
-from m6rec.data.validation import load_tables
 from m6rec.data.prepare import prepare_datasets as prepare_run
+from m6rec.data.validation import load_tables
+from m6rec.stages import validate as stage
 
 REPO = Path(__file__).resolve().parents[2]
 # Two explicit domains with different rating scales (0.5-5 in halves, 1-5) and one implied-feedback domain.

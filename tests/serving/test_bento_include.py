@@ -2,84 +2,20 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SRC = REPO / "src"
+from tests.import_graph import REPO, SRC, closure
+
 SERVICE = SRC / "m6rec" / "serving" / "service.py"
-PACKAGE = "m6rec"
 # What serving must never pull in: pandas-backed data code, the pipeline's stages, training, data checks.
 HEAVY = ("pandas", "great_expectations", "m6rec.data", "m6rec.stages", "m6rec.training", "m6rec.evaluation",
          "m6rec.graph", "m6rec.orchestration")
 
 
-def _module_file(module: str) -> Path | None:
-    base = SRC.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def imported_modules(file: Path) -> set[str]:
-    """Every module ``file`` imports, at module level or inside functions (run-time paths such as the MLflow
-    download count), except under ``if TYPE_CHECKING:``; ``from a import b`` yields ``a`` and, if it is a module,
-    ``a.b``."""
-    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-    package = ".".join(file.relative_to(SRC).with_suffix("").parts[:-1])
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, base] if base else parent)
-            out.add(base)
-            out.update(f"{base}.{alias.name}" for alias in node.names if _module_file(f"{base}.{alias.name}"))
-    return out
-
-
 def import_closure(start: Path) -> tuple[set[Path], set[str]]:
-    """(package files reachable from ``start``, with their packages' ``__init__.py``; every module imported)."""
-    files: set[Path] = set()
-    modules: set[str] = set()
-    todo = [start]
-    while todo:
-        file = todo.pop()
-        if file in files:
-            continue
-        files.add(file)
-        for module in imported_modules(file):
-            modules.add(module)
-            if module != PACKAGE and not module.startswith(PACKAGE + "."):
-                continue
-            parts = module.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
-                found = _module_file(".".join(parts[:i]))
-                if found is not None and found not in files:
-                    todo.append(found)
-    for file in list(files):  # the service's own packages
-        for parent in file.relative_to(SRC).parents:
-            init = SRC / parent / "__init__.py"
-            if parent.parts and init.is_file():
-                files.add(init)
-    return files, modules
+    return closure(start)
 
 
 def included_files() -> set[str]:

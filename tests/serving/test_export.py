@@ -12,8 +12,16 @@ from m6rec.data.dataset import domain_data
 from m6rec.models.base import DotExport, NotServableError, SingleDomain
 from m6rec.serving.bundle import BundleError, TextProjection, meta_metrics
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
-from m6rec.serving.export import (bundle_meta, domain_bundle, export_domains, export_model, fit_text_projection,
-                                  make_domain_bundle, merge_bundles, raw_user_ids)
+from m6rec.serving.export import (
+    bundle_meta,
+    domain_bundle,
+    export_domains,
+    export_model,
+    fit_text_projection,
+    make_domain_bundle,
+    merge_bundles,
+    raw_user_ids,
+)
 from tests.serving.conftest import HISTORY_DOMAIN
 from tests.serving.history_bundles import attention_domain, gathered_export
 from tests.serving.svd_bundles import svd_domain, svd_vectors

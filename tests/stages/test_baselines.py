@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from m6rec.evaluation.metrics import rating_metrics
 from m6rec.config import BaselinesParams, ProtocolParams
+from m6rec.evaluation.metrics import rating_metrics
 from m6rec.stages import baselines
 from m6rec.training.baselines import run_domain
 from tests.data_fixtures import REPO

@@ -85,10 +85,10 @@ def params_for(root: Path, multitask_domains: list[str], finetune: dict | None =
 
 def build_pretrained(root: Path) -> Path:
     """Prepared data, graph, text embeddings and a pretrained checkpoint under `root` (built once per session)."""
-    from m6rec.stages import graph as graph_stage
-    from m6rec.stages import pretrain as pretrain_stage
     from m6rec.config import PrepareParams, TextEmbeddingsParams
     from m6rec.data.prepare import prepare_datasets as run
+    from m6rec.stages import graph as graph_stage
+    from m6rec.stages import pretrain as pretrain_stage
     from m6rec.text.embeddings import embed_items, save_embeddings
 
     if (root / "pretrain" / "model.pt").is_file():

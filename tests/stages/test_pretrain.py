@@ -12,14 +12,13 @@ import scipy.sparse as sp
 import torch
 import yaml
 
-from m6rec.config import load_params, section
+from m6rec.config import ProtocolParams, load_params, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.metrics import ranking_metrics
 from m6rec.graph.build import load_graph
 from m6rec.stages import graph as graph_stage
 from m6rec.stages import pretrain as pretrain_stage
 from m6rec.stages import text_embeddings as text_stage
-from m6rec.config import ProtocolParams
 from m6rec.training import pretrain as pretraining
 from m6rec.training.checkpoint import load_checkpoint
 from tests.data_fixtures import REPO, mirror_dir

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from m6rec import tracking
-from m6rec.config import ConfigError, TrackingParams
+from m6rec.config import ConfigError, RegisterParams, TrackingParams, parse_metric
+from m6rec.promotion import bundle_figure, decide, recorded_figure
 from m6rec.serving.bundle import Bundle
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
 from m6rec.stages import register
-from m6rec.config import RegisterParams, parse_metric
-from m6rec.promotion import bundle_figure, decide, recorded_figure
 from tests.serving.svd_bundles import svd_bundle
 
 SETTINGS = TrackingParams()  # the store itself comes from MLFLOW_TRACKING_URI in the fixture
@@ -211,8 +210,8 @@ def test_history_model_is_gated_on_its_own_scores(project):
     (champions served before the one schema): its figure comes from the bundle's meta; re-evaluated on changed
     data it reproduces the model's own validation figure, i.e. its histories are rebuilt from the data as the
     protocol says (training items only for valid), not taken from the bundle (train + valid)."""
-    from m6rec.data.dataset import load_prepared
     from m6rec.config import ProtocolParams
+    from m6rec.data.dataset import load_prepared
     from m6rec.evaluation.history import evaluate_model
     from tests.serving.history_bundles import FAST, attention_domain, attention_model
 

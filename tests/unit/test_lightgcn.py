@@ -13,8 +13,8 @@ from m6rec.data.dataset import global_offsets
 from m6rec.graph.build import build_graph, graph_from_edges, load_graph, save_graph
 from m6rec.graph.sampling import DomainNegativeSampler
 from m6rec.models.lightgcn import SymmetricSparseMM, TextLightGCN
-from m6rec.training.pretrain import negative_pools
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
+from m6rec.training.pretrain import negative_pools
 
 SOURCES = ["ml-100k", "amazon-office"]
 

@@ -19,8 +19,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.serving.bundle import (DOMAIN_NAME, FORMAT, FORMAT_VERSION, META_FILE, Bundle, BundleError, DomainBundle,
-                                  HistoryScorer, TextProjection)
+from m6rec.serving.bundle import (
+    DOMAIN_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    Bundle,
+    BundleError,
+    DomainBundle,
+    HistoryScorer,
+    TextProjection,
+)
 
 
 def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: Mapping[str, Any]) -> Path:

@@ -18,7 +18,7 @@ from m6rec.config import BaselinesParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.runtime import set_threads
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import stage_params, write_json, tracking_settings
+from m6rec.stage_io import stage_params, tracking_settings, write_json
 from m6rec.training.baselines import plot_rows, run_domain
 from m6rec.training.checkpoint import save_checkpoint
 

@@ -39,7 +39,7 @@ from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.runtime import set_threads
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
-from m6rec.stage_io import stage_params, write_json, tracking_settings
+from m6rec.stage_io import stage_params, tracking_settings, write_json
 from m6rec.training.assembly import CHECKPOINT, load_pretrained
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.training.transfer import finetune_target, run_name

@@ -24,7 +24,7 @@ from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.explain import explanations_markdown
 from m6rec.runtime import set_threads
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import stage_params, write_json, write_text, tracking_settings
+from m6rec.stage_io import stage_params, tracking_settings, write_json, write_text
 from m6rec.training.assembly import CHECKPOINT, load_pretrained, ordered_domains
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.transfer import train_variants

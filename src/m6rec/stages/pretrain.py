@@ -34,7 +34,7 @@ from m6rec.graph.build import load_graph
 from m6rec.log import setup_logging
 from m6rec.runtime import set_threads
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import write_json, tracking_settings
+from m6rec.stage_io import tracking_settings, write_json
 from m6rec.text.embeddings import load_embeddings
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.distributed import DistEnv, cleanup, init_distributed

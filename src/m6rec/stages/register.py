@@ -34,8 +34,7 @@ from typing import Any
 from m6rec import tracking
 from m6rec.config import ConfigError, ProtocolParams, RegisterParams, TrackingParams, section
 from m6rec.data.dataset import Prepared, load_prepared
-from m6rec.promotion import (Candidate, Figure, bundle_figure, candidate_report, checks_passed, decide,
-                             recorded_figure)
+from m6rec.promotion import Candidate, Figure, bundle_figure, candidate_report, checks_passed, decide, recorded_figure
 from m6rec.serving.bundle_io import load_bundle, read_meta
 from m6rec.stage_io import stage_params, tracking_settings, write_text
 
