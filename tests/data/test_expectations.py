@@ -23,7 +23,7 @@ from m6rec.data.checkpoint import failure_messages, run_checks
 from m6rec.data.expectations import Thresholds, build_batches, build_suites
 from m6rec.data.parsers import ParseError
 from m6rec.data.prepare import prepare_datasets as prepare_run
-from m6rec.data.validation import load_tables
+from m6rec.data.validation import load_tables, thresholds
 from m6rec.stages import validate as stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def fresh(clean: tuple[dict[str, pd.DataFrame], dict]) -> tuple[dict[str, pd.Dat
 
 
 def check(tables: dict[str, pd.DataFrame], meta: dict, cfg: ValidateParams, tmp_path: Path):
-    suites = build_suites(meta, cfg.thresholds())
+    suites = build_suites(meta, thresholds(cfg))
     return run_checks(build_batches(tables, meta), suites, tmp_path / "docs", cfg.max_examples, data_docs=False)
 
 

@@ -93,7 +93,7 @@ def test_stages_write_their_outputs(project: Path):
 
     bundle = load_bundle(project / "models" / "bundle")
     assert bundle.meta["model"] == "lightgcn" and bundle.meta["encoder"]
-    assert bundle.meta["metrics"]["ml-100k"]["test"] == ml["test"]
+    assert bundle.meta["metrics"]["ml-100k"]["lightgcn"]["test"] == ml["test"]
     ml_b, gw_b = bundle.domains["ml-100k"], bundle.domains["lightgcn-gowalla"]
     assert ml_b.item_vectors.shape == (n_ml, 64) and ml_b.item_text_vectors.shape == (n_ml, 384)
     assert ml_b.text_projection is not None and gw_b.text_projection is None

@@ -200,7 +200,7 @@ def test_candidate_without_recorded_metrics_is_evaluated(project):
     export_bundle(root / "models" / "bare", bundle.domains, {"model": "bare", "data_version": project["version"]})
     params = RegisterParams(candidates=({"bundle": "models/bare"},), metric=METRIC, domains=tuple(DOMAINS),
                             model_name="m6rec-bare")
-    report = register.run(params, checks(root, True))
+    report = register.run(params, checks(root, True), settings=SETTINGS)
     assert report["candidate"]["source"] == "re-evaluated" and report["candidate"]["metrics_file"] is None
     assert report["candidate"]["value"] == pytest.approx(project["figures"][mid], abs=1e-6)
 
