@@ -33,12 +33,12 @@ import torch
 
 from m6rec.config import GraphParams, PretrainParams, ProtocolParams, load_params, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
-from m6rec.evaluation.protocol import evaluate_split
+from m6rec.evaluation.protocol import evaluate_domains, evaluate_split
 from m6rec.graph.build import BipartiteGraph, build_graph
 from m6rec.log import setup_logging
 from m6rec.runtime import set_threads
 from m6rec.text.embeddings import load_embeddings
-from m6rec.training.pretrain import domain_layout, evaluate_model, text_inputs, train
+from m6rec.training.pretrain import text_inputs, train
 
 log = logging.getLogger("bench_domain_transfer")
 SPLITS = ("test", "cold")
@@ -149,7 +149,7 @@ def main() -> int:
         rest = [d for d in sources if d != x]
         graph = build_graph(prepared, rest)
         model, info = train(prepared, graph, text_inputs(emb, mask, graph.n_items), cfg, ev, progress=False)
-        in_domain = evaluate_model(full_model.set_domains(domain_layout(full_graph)), {x: data}, SPLITS, ev)[x]
+        in_domain = evaluate_domains(full_model.eval(), {x: data}, SPLITS, ev)[x]
         results[x] = {
             "transfer": brief(transfer_scores(model, data, text, has_text, ev)),
             "transfer_graph": brief(graph_transfer_scores(model, full_graph, full_text, x, data, ev)),

@@ -86,7 +86,8 @@ def test_an_app_that_sends_nothing_does_not_wait_for_the_timeout():
 
 
 def test_service_module_installs_it():
-    import m6rec.serving.service  # noqa: F401  (installs at import)
     from bentoml._internal.server.http import traffic
+
+    import m6rec.serving.service  # noqa: F401  (installs at import)
 
     assert traffic.TimeoutMiddleware is CancellingTimeoutMiddleware

@@ -15,6 +15,7 @@ import yaml
 from m6rec.config import ProtocolParams, load_params, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.metrics import ranking_metrics
+from m6rec.evaluation.protocol import evaluate_domains
 from m6rec.graph.build import load_graph
 from m6rec.stages import graph as graph_stage
 from m6rec.stages import pretrain as pretrain_stage
@@ -121,7 +122,7 @@ def test_checkpoint_is_self_describing_and_round_trips(trained, project: Path):
     protocol = section(load_params(project / "params.yaml"), "protocol", ProtocolParams)
     datas = {d: domain_data(prepared, d) for d in DOMAINS}
     model.set_domains(pretraining.domain_layout(graph))
-    again = pretraining.evaluate_model(model, datas, ("test", "cold"), protocol)
+    again = evaluate_domains(model.eval(), datas, ("test", "cold"), protocol)
     written = json.loads((project / "metrics" / "pretrain.json").read_text())
     for d in DOMAINS:
         for split, res in again[d].items():

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from m6rec.config import ProtocolParams, TrainParams
 from m6rec.data.dataset import DomainData
+from m6rec.data.negatives import KnownPairs, reject_known
 from m6rec.data.sequences import history_window, split_histories, user_sequences, window_mean
 from m6rec.evaluation.metrics import rating_metrics
 from m6rec.evaluation.protocol import evaluate
@@ -79,14 +80,11 @@ def pair_metrics(model: MultiTaskRecommender, domain: int, data: DomainData, spl
     values = frame["value"].to_numpy(np.float64)
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(~data.cold_items)
-    known = pd.concat([data.frames[s] for s in ("train", "valid", "test", "cold")])
-    keys = np.unique(known["user"].to_numpy(np.int64) * data.n_items + known["item"].to_numpy(np.int64))
-    neg = pool[rng.integers(0, len(pool), len(users))]
-    for _ in range(5):
-        clash = np.isin(users * data.n_items + neg, keys)
-        if not clash.any():
-            break
-        neg[clash] = pool[rng.integers(0, len(pool), int(clash.sum()))]
+    frames = pd.concat([data.frames[s] for s in ("train", "valid", "test", "cold")])
+    known = KnownPairs(frames["user"].to_numpy(np.int64), frames["item"].to_numpy(np.int64), data.n_items)
+    neg = reject_known(pool[rng.integers(0, len(pool), len(users))],
+                       lambda idx, items: known.contains(users[idx], items),
+                       lambda idx: pool[rng.integers(0, len(pool), len(idx))], rounds=5)
     pos_out = _pair_outputs(model, domain, history, history_rating, users, items, cat)
     neg_out = _pair_outputs(model, domain, history, history_rating, users, neg, cat)
     use_like = model.task_weights["like"] > 0

@@ -69,6 +69,13 @@ def evaluate_domain(model: Recommender, data: DomainData, protocol: ProtocolPara
     return {s: m for s, m in out.items() if m}
 
 
+def evaluate_domains(model: Recommender, datas: dict[str, DomainData], splits: Sequence[str],
+                     protocol: ProtocolParams) -> dict[str, dict[str, dict[str, float]]]:
+    """``{domain: {split: metrics}}`` of a model over several domains (splits without anything to evaluate, such as
+    cold on a domain without cold items, left out)."""
+    return {d: evaluate_domain(model, data, protocol, splits) for d, data in datas.items()}
+
+
 def evaluate_ratings(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], data: DomainData,
                      split: str = "test") -> dict[str, float]:
     """RMSE/MAE of a rating predictor on an explicit-feedback domain's split."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from m6rec.data.negatives import KnownPairs, reject_known
+
 
 class DomainNegativeSampler:
     """Every training edge once per epoch, in random order, with one fresh same-domain negative.
@@ -38,8 +40,8 @@ class DomainNegativeSampler:
             np.zeros(0, np.int64)
         self.pool_start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.pool_size = sizes
-        self._stride = int(max(self.items.max(initial=0), self.pool.max(initial=0))) + 1
-        self._keys = np.sort(self.users * self._stride + self.items)
+        self.known = KnownPairs(self.users, self.items, int(max(self.items.max(initial=0),
+                                                                self.pool.max(initial=0))) + 1)
         self.rng = np.random.default_rng(seed)
         self.max_rounds = int(max_rounds)
 
@@ -53,9 +55,7 @@ class DomainNegativeSampler:
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each (user, item) pair is a training edge."""
-        keys = users * self._stride + items
-        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        return self._keys[pos] == keys
+        return self.known.contains(users, items)
 
     def epoch(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of (users, positives, negatives) int64 tensors covering every edge once."""
@@ -63,13 +63,8 @@ class DomainNegativeSampler:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         order = self.rng.permutation(len(self.users))
         users, pos, dom = self.users[order], self.items[order], self.domains[order]
-        neg = self.draw(dom)
-        todo = np.flatnonzero(self.is_positive(users, neg))
-        for _ in range(self.max_rounds):  # each round only redraws the clashes; leftovers are rare and harmless
-            if not todo.size:
-                break
-            neg[todo] = self.draw(dom[todo])
-            todo = todo[self.is_positive(users[todo], neg[todo])]
+        neg = reject_known(self.draw(dom), lambda idx, items: self.known.contains(users[idx], items),
+                           lambda idx: self.draw(dom[idx]), self.max_rounds)
         u, p, n = torch.from_numpy(users), torch.from_numpy(pos), torch.from_numpy(neg)
         return [(u[i:i + batch_size], p[i:i + batch_size], n[i:i + batch_size])
                 for i in range(0, len(order), batch_size)]

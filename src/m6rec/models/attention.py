@@ -155,6 +155,21 @@ class HistoryAttention(nn.Module):
             weights = torch.cat([weights, torch.softmax(logits, dim=-1) * maskf.unsqueeze(1)], dim=1)
         return Interests(vectors=self.value(torch.bmm(weights, history)), weights=weights)
 
+    def pool(self, history: Tensor, items: Tensor, item_logits: Tensor | None, recency: Tensor | None = None,
+             extra: Tensor | None = None) -> Interests:
+        """Interests of padded histories ``[B, L]`` of indices into a catalogue ``items [N, d]`` (-1 = padding), with
+        the catalogue's :meth:`item_logits` ``[N, K]`` computed once (None for mean pooling). ``extra [m, d]``:
+        vectors appended to a single history as its most recent items (e.g. a projected text query)."""
+        vecs = items[history.clamp_min(0)]
+        mask = history >= 0
+        logits = None if item_logits is None else item_logits[history.clamp_min(0)]
+        if extra is not None and len(extra):
+            vecs = torch.cat([vecs, extra.unsqueeze(0)], dim=1)[:, -self.max_len:]
+            mask = torch.cat([mask, torch.ones(1, len(extra), dtype=torch.bool)], dim=1)[:, -self.max_len:]
+            if logits is not None:
+                logits = torch.cat([logits, self.item_logits(extra).unsqueeze(0)], dim=1)[:, -self.max_len:]
+        return self(vecs, mask, logits, recency)
+
     @property
     def gate_scale(self) -> Tensor:
         return self.gate_log_scale.exp() if self.pooling == "attention" else torch.ones(())

@@ -245,9 +245,7 @@ class MultiTaskRecommender(ParameterGroups):
         return Catalogue(vectors=vecs, logits=logits)
 
     def _history(self, domain: int, history: Tensor, cat: Catalogue) -> Interests:
-        idx = history.clamp_min(0)
-        logits = None if cat.logits is None else cat.logits[idx]
-        return self.encode(domain, history, cat.vectors[idx], logits)
+        return self.encoder.pool(history, cat.vectors, cat.logits, self.table(domain).recency)
 
     @torch.no_grad()
     def score(self, domain: int, history: Tensor, catalogue: Catalogue | None = None,

@@ -75,18 +75,8 @@ class DomainScorer:
     # ------------------------------------------------------------------------------------------------- pooling
 
     def _pool(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> Interests:
-        """Interests of padded histories ``[B, L]`` (-1 = padding); ``extra [m, d]``: vectors appended to a single
-        history as its most recent items (e.g. a projected text query)."""
-        att = self.attention
-        vecs = self.items[history.clamp_min(0)]
-        mask = history >= 0
-        logits = None if self.item_logits is None else self.item_logits[history.clamp_min(0)]
-        if extra is not None and len(extra):
-            vecs = torch.cat([vecs, extra.unsqueeze(0)], dim=1)[:, -att.max_len:]
-            mask = torch.cat([mask, torch.ones(1, len(extra), dtype=torch.bool)], dim=1)[:, -att.max_len:]
-            if logits is not None:
-                logits = torch.cat([logits, att.item_logits(extra).unsqueeze(0)], dim=1)[:, -att.max_len:]
-        return att(vecs, mask, logits, self.recency)
+        """Interests of padded histories ``[B, L]`` (:meth:`HistoryAttention.pool`, as the model pools them)."""
+        return self.attention.pool(history, self.items, self.item_logits, self.recency, extra)
 
     # ------------------------------------------------------------------------------------------------- scoring
 

@@ -11,6 +11,7 @@ import torch
 
 from m6rec.config import ProtocolParams, TrainParams
 from m6rec.data.dataset import DomainData
+from m6rec.data.negatives import KnownPairs, reject_known
 from m6rec.data.sequences import Sequences, history_window, user_sequences, window_mean
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.multitask import Batch, MultiTaskRecommender
@@ -26,7 +27,7 @@ class _DomainExamples:
     users: np.ndarray  # users whose examples are drawn
     pool: np.ndarray  # items allowed as negatives (not cold-start)
     explicit: bool
-    positive_keys: np.ndarray  # sorted user * n_items + item of every known interaction
+    known: KnownPairs  # every known interaction (train, valid, test)
     n_items: int
 
 
@@ -45,8 +46,8 @@ class ExampleSampler:
             chosen = np.arange(data.n_users) if users is None or d not in users else np.unique(users[d])
             pool = np.flatnonzero(~data.cold_items).astype(np.int64)
             known = pd.concat([data.frames[s] for s in ("train", "valid", "test")])
-            keys = np.unique(known["user"].to_numpy(np.int64) * data.n_items + known["item"].to_numpy(np.int64))
-            self.domains.append(_DomainExamples(domain_index[d], seq, chosen, pool, data.explicit, keys,
+            known_pairs = KnownPairs(known["user"].to_numpy(np.int64), known["item"].to_numpy(np.int64), data.n_items)
+            self.domains.append(_DomainExamples(domain_index[d], seq, chosen, pool, data.explicit, known_pairs,
                                                 data.n_items))
 
     def _positions(self, ex: _DomainExamples) -> np.ndarray:
@@ -65,15 +66,10 @@ class ExampleSampler:
         return flat[keep]
 
     def _like_negatives(self, ex: _DomainExamples, users: np.ndarray) -> np.ndarray:
-        neg = ex.pool[self.rng.integers(0, len(ex.pool), len(users))]
-        for _ in range(3):  # vectorised rejection of known interactions
-            keys = users * ex.n_items + neg
-            pos = np.minimum(np.searchsorted(ex.positive_keys, keys), len(ex.positive_keys) - 1)
-            clash = ex.positive_keys[pos] == keys
-            if not clash.any():
-                break
-            neg[clash] = ex.pool[self.rng.integers(0, len(ex.pool), int(clash.sum()))]
-        return neg
+        def draw(idx: np.ndarray) -> np.ndarray:
+            return ex.pool[self.rng.integers(0, len(ex.pool), len(idx))]
+
+        return reject_known(draw(users), lambda idx, items: ex.known.contains(users[idx], items), draw, rounds=3)
 
     def epoch(self, batch_size: int | None = None) -> list[Batch]:
         """This epoch's batches, every domain's shuffled together."""

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from m6rec.config import PretrainParams, ProtocolParams
-from m6rec.data.dataset import DomainData, Prepared, domain_data
-from m6rec.evaluation.protocol import evaluate
+from m6rec.data.dataset import Prepared, domain_data
+from m6rec.evaluation.protocol import evaluate_domains
 from m6rec.graph.build import BipartiteGraph
 from m6rec.graph.sampling import DomainNegativeSampler
 from m6rec.models.lightgcn import TextLightGCN
@@ -65,17 +65,6 @@ def domain_layout(graph: BipartiteGraph) -> dict[str, tuple[int, int, int, int]]
             for k, d in enumerate(graph.domains) if d in graph.source_domains}
 
 
-def evaluate_model(model: TextLightGCN, datas: dict[str, DomainData], splits: tuple[str, ...],
-                   protocol: ProtocolParams) -> dict[str, dict[str, dict[str, float]]]:
-    """{domain: {split: metrics}} (one propagation for all domains: the model caches it while in eval mode)."""
-    model.eval()
-    out = {}
-    for d, data in datas.items():
-        res = {s: evaluate(model, data, s, protocol) for s in splits}
-        out[d] = {s: m for s, m in res.items() if m}  # no cold items -> no cold entry
-    return out
-
-
 def train(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, torch.Tensor] | None,
           cfg: PretrainParams, protocol: ProtocolParams, progress: bool = True, env: DistEnv | None = None
           ) -> tuple[TextLightGCN, dict]:
@@ -98,7 +87,8 @@ def train(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, t
     def validate() -> float:
         if env.rank != 0:  # same weights on every rank: rank 0 evaluates, the others take its metric
             return broadcast_float(None)
-        res = evaluate_model(model, datas, ("valid",), protocol)
+        model.eval()
+        res = evaluate_domains(model, datas, ("valid",), protocol)
         per_domain = {d: r["valid"][protocol.select_metric] for d, r in res.items()}
         log.info("valid %s: %s", protocol.select_metric, ", ".join(f"{d} {v:.4f}" for d, v in per_domain.items()))
         return broadcast_float(float(np.mean(list(per_domain.values()))))
@@ -125,7 +115,8 @@ def run(prepared: Prepared, graph: BipartiteGraph, text: tuple[torch.Tensor, tor
     """Train, then evaluate every source domain on valid, test and cold; returns (model, metrics, info)."""
     model, info = train(prepared, graph, text, cfg, protocol, progress, env)
     datas = {d: domain_data(prepared, d) for d in graph.source_domains}
-    results = evaluate_model(model, datas, ("valid", "test", "cold"), protocol)
+    model.eval()
+    results = evaluate_domains(model, datas, ("valid", "test", "cold"), protocol)
     metrics = {d: {MODEL_NAME: {**r, "fit_s": info["fit_s"], "best_epoch": info["best_epoch"]}}
                for d, r in results.items()}
     return model, metrics, info

@@ -6,6 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from m6rec.data.negatives import KnownPairs, reject_known
+
 
 class BPRSampler:
     """Samples one uniform negative per training edge each epoch, rejecting (once, vectorised) known positives.
@@ -19,8 +21,7 @@ class BPRSampler:
         self.users = coo.row.astype(np.int64)
         self.items = coo.col.astype(np.int64)
         self.n_items = train.shape[1]
-        # Sorted keys of positive pairs for vectorised membership tests.
-        self._keys = np.sort(self.users * self.n_items + self.items)
+        self.known = KnownPairs(self.users, self.items, self.n_items)
         self.rng = np.random.default_rng(seed)
         if item_ranges is not None:
             item_ranges = np.asarray(item_ranges, dtype=np.int64)
@@ -37,22 +38,13 @@ class BPRSampler:
         low, high = self.item_ranges[idx, 0], self.item_ranges[idx, 1]
         return low + (self.rng.random(len(idx)) * (high - low)).astype(np.int64)
 
-    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users * self.n_items + items
-        pos = np.searchsorted(self._keys, keys)
-        pos = np.minimum(pos, len(self._keys) - 1)
-        return self._keys[pos] == keys
-
     def epoch(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """All training edges in random order with fresh negatives, as batches of int64 tensors."""
         order = self.rng.permutation(len(self.users))
-        neg = self._draw(order)
-        for _ in range(10):  # vectorised rejection rounds; leftovers (dense users only) are rare and harmless
-            clash = self._is_positive(self.users[order], neg)
-            if not clash.any():
-                break
-            neg[clash] = self._draw(order[clash])
-        users = torch.from_numpy(self.users[order])
+        users = self.users[order]
+        neg = reject_known(self._draw(order), lambda idx, items: self.known.contains(users[idx], items),
+                           lambda idx: self._draw(order[idx]), rounds=10)
+        users = torch.from_numpy(users)
         pos = torch.from_numpy(self.items[order])
         neg_t = torch.from_numpy(neg)
         return [(users[i:i + batch_size], pos[i:i + batch_size], neg_t[i:i + batch_size])
