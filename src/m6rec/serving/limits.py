@@ -59,7 +59,8 @@ def check_content_type(value: str | None) -> None:
     for param in params:
         name, _, arg = param.partition("=")
         if name.strip().lower() == "charset" and arg.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise BodyError(415, f"charset {arg.strip()!r} is not supported; JSON bodies are UTF-8", "content-type")
+            raise BodyError(415, f"charset {arg.strip()!r} is not supported; send UTF-8 JSON "
+                                 f"({' or '.join(ACCEPTED_TYPES)})", "content-type")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
