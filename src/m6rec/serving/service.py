@@ -5,8 +5,11 @@ serves is decided by ``m6rec.serving.loader`` (``M6REC_BUNDLE`` folder, else ``m
 MLflow store in ``MLFLOW_TRACKING_URI``). All endpoints are ``POST`` with a JSON object body. Client errors are 4xx
 JSON objects that name the field: schema errors from pydantic (400, ``{"error", "detail": [{"loc": [field], ...}]}``,
 malformed JSON included) and the Recommender's checks (``{"error": "<field>: <message>", "field": ...}``; 400 for a
-bad value, 404 for an unknown domain, item or user). Unknown item ids in ``recommend_items`` are ignored and
-reported in ``unknown_items`` (400 only if nothing usable is left).
+bad value, 404 for an unknown domain, item or user, 422 for a valid request that leaves nothing to score). Unknown
+item ids in ``recommend_items`` are ignored and reported in ``unknown_items`` (422 only if nothing usable is left).
+Before any of that, ``m6rec.serving.limits.RequestGuard`` refuses bodies over ``serve.max_body_bytes`` (413), that
+are not JSON (415) or that carry duplicate keys or NaN (400); ``GET /docs.json`` is ``m6rec.serving.openapi``'s
+document, which states all of these limits and answers.
 
 Worker count and access logs are BentoML config, e.g.
 ``BENTOML_CONFIG_OPTIONS="services.m6rec.workers=2 services.m6rec.logging.access.enabled=false"``.
