@@ -134,10 +134,13 @@ def test_recommend_items_from_ids(rec, bundle):
     assert "Empire Strikes Back, The (1980)" in out["titles"]
     with pytest.raises(RequestError, match="none of the 2 item id") as err:
         rec.recommend_items(TEXT_DOMAIN, ["zzz", "yyy"])
-    assert err.value.field == "items"
+    assert err.value.field == "items" and err.value.status == 422  # valid by the schema, unusable by the model
     with pytest.raises(RequestError, match="empty history") as err:
+        rec.recommend_items(TEXT_DOMAIN, [])
+    assert err.value.field == "items" and err.value.status == 400
+    with pytest.raises(RequestError, match="blank text") as err:
         rec.recommend_items(TEXT_DOMAIN, [], text="   ")
-    assert err.value.field == "items"
+    assert err.value.field == "text" and err.value.status == 422
     small = Recommender(bundle, max_history=3)
     with pytest.raises(RequestError, match="at most 3") as err:
         small.recommend_items(TEXT_DOMAIN, ["1", "2", "3", "4"])

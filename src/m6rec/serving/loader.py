@@ -42,9 +42,12 @@ class ServeParams:
     max_batch: int = 64  # most concurrent recommend requests scored together; 1 = no batching (M6REC_MAX_BATCH)
     preload_encoder: bool = False  # load the sentence encoder at start-up instead of on the first text query
     cache_dir: str = ""  # where MLflow models are downloaded; "" = a fresh temporary folder
+    # Largest request body (bytes); above it HTTP 413 before the body is read. 1 MiB holds max_history = 1000 ids
+    # of the full 256 characters plus a 2,000-character text four times over (whitespace, escapes).
+    max_body_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_history", "explain_n", "torch_threads", "max_batch"):
+        for name in ("max_k", "max_history", "explain_n", "torch_threads", "max_batch", "max_body_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"serve.{name} must be a positive integer, got {value!r}")

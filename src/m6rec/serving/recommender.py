@@ -232,14 +232,17 @@ class Recommender:
         k = self.check_k(k)
         if len(items) > self.max_history:
             raise RequestError("items", f"at most {self.max_history} item ids (serve.max_history), got {len(items)}")
-        text = text.strip() if text else ""
+        raw_text, text = text, text.strip() if text else ""
         known = [index.item_index[i] for i in items if i in index.item_index]
         unknown = [i for i in items if i not in index.item_index]
+        # 422, not 400: such a request is valid by the declared schema, which cannot know the catalogue.
         if not known and not text:
             if unknown:
                 raise RequestError("items", f"none of the {len(unknown)} item id(s) is known in domain {domain!r} "
-                                            f"(first: {unknown[:5]}) and no text was given")
-            raise RequestError("items", "empty history: give at least one item id or a non-empty text")
+                                            f"(first: {unknown[:5]}) and no text was given", 422)
+            if not items and not raw_text:
+                raise RequestError("items", "empty history: give at least one item id or a non-empty text")
+            raise RequestError("text", "blank text and no item ids: nothing to recommend from", 422)
         extra = self._text_vector(index, text).unsqueeze(0) if text else None
         scores = index.scorer.history_scores(known, extra)
         exclude = torch.as_tensor(sorted(set(known)), dtype=torch.int64) if known else None
@@ -250,7 +253,7 @@ class Recommender:
     def _text_vector(self, index: DomainIndex, text: str) -> torch.Tensor:
         if index.projection is None or self.encoder is None:
             raise RequestError("text", f"domain {index.name!r} has no text projection in this model; "
-                                       f"send item ids instead")
+                                       f"send item ids instead", 422)
         weight, bias = index.projection
         vec = torch.from_numpy(self.encoder.get().encode([text])[0])
         if vec.shape[0] != weight.shape[0]:

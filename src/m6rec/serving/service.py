@@ -5,8 +5,11 @@ serves is decided by ``m6rec.serving.loader`` (``M6REC_BUNDLE`` folder, else ``m
 MLflow store in ``MLFLOW_TRACKING_URI``). All endpoints are ``POST`` with a JSON object body. Client errors are 4xx
 JSON objects that name the field: schema errors from pydantic (400, ``{"error", "detail": [{"loc": [field], ...}]}``,
 malformed JSON included) and the Recommender's checks (``{"error": "<field>: <message>", "field": ...}``; 400 for a
-bad value, 404 for an unknown domain, item or user). Unknown item ids in ``recommend_items`` are ignored and
-reported in ``unknown_items`` (400 only if nothing usable is left).
+bad value, 404 for an unknown domain, item or user, 422 for a valid request that leaves nothing to score). Unknown
+item ids in ``recommend_items`` are ignored and reported in ``unknown_items`` (422 only if nothing usable is left).
+Before any of that, ``m6rec.serving.limits.RequestGuard`` refuses bodies over ``serve.max_body_bytes`` (413), that
+are not JSON (415) or that carry duplicate keys or NaN (400); ``GET /docs.json`` is ``m6rec.serving.openapi``'s
+document, which states all of these limits and answers.
 
 Worker count and access logs are BentoML config, e.g.
 ``BENTOML_CONFIG_OPTIONS="services.m6rec.workers=2 services.m6rec.logging.access.enabled=false"``.
@@ -16,56 +19,99 @@ import gc
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 from starlette.responses import JSONResponse
 
 with bentoml.importing():
     import torch
 
-    from m6rec.serving import timeout
+    from m6rec.serving import limits, timeout
     from m6rec.serving.batching import MicroBatcher
     from m6rec.serving.loader import load_served_model, serve_settings
+    from m6rec.serving.openapi import ErrorResponse, openapi_document, serve_limit
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
 
 
 timeout.install()  # BentoML's own request timeout keeps every request alive for 30 s (see m6rec.serving.timeout)
+limits.install_error_logging()  # a client's 400 is one INFO line, not an ERROR with a traceback
+
+_ID_LEN = 256
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _id_text(value: Any) -> Any:
-    """Ids may arrive as JSON numbers (MovieLens user 42); they are matched as strings."""
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    """Ids may arrive as JSON numbers (MovieLens user 42, or 42.0: JSON Schema's integer); matched as strings."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1]:
+        return str(value)
+    return value  # a bool or a huge number stays as it is and fails the strict string check: a 400
 
 
-Id = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=256)]
+# The schema states both forms the validator accepts, so a numeric id is not a "schema-violating request accepted".
+Id = Annotated[str, BeforeValidator(_id_text), Field(min_length=1, max_length=_ID_LEN),
+               WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": _ID_LEN},
+                                         {"type": "integer", "minimum": _INT64[0], "maximum": _INT64[1]}]})]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 400 that names it, not silently ignored
+    # extra="forbid": a misspelt field is a 400 that names it, not silently ignored. strict: JSON types only,
+    # no coercion ("k": true or "k": "5" is a 400 naming k, not k=1 or k=5).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     domain: str = Field(min_length=1, max_length=128, description="domain name, e.g. ml-latest-small")
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer, so the service does too; 5.5, true and "5" stay errors."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The schema is spelt out: pydantic writes a constraint behind a BeforeValidator as "ge", which no tool reads.
+Count = Annotated[int, BeforeValidator(_integral), Field(ge=1), WithJsonSchema({"type": "integer", "minimum": 1})]
+
+
+# k and n are bounded by serve.max_k and items by serve.max_history: the OpenAPI document fills in the values the
+# server started with (m6rec.serving.openapi), and the Recommender answers 400 above them.
+def _k(default: int | None = 10, description: str = "number of items (1 to serve.max_k)") -> Any:
+    return Field(default, description=description, json_schema_extra=serve_limit("max_k"))
+
+
 class RecommendRequest(_Request):
     user: Id = Field(description="raw user id as in the source data")
-    k: int = Field(10, ge=1, description="number of items (at most serve.max_k)")
+    k: Count = _k()
     exclude_seen: bool = Field(True, description="leave out items the user already interacted with")
 
 
 class RecommendItemsRequest(_Request):
-    items: list[Id] = Field(default_factory=list, description="raw item ids the anonymous user liked")
-    text: str | None = Field(None, max_length=2000, description="free-text query (sentence encoder)")
-    k: int = Field(10, ge=1)
+    # The schema's anyOf is the validator below: at least one item id, or a text.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["items"], "properties": {"items": {"minItems": 1}}},
+        {"required": ["text"], "properties": {"text": {"type": "string"}}}]})
+
+    text: str | None = Field(None, min_length=1, max_length=2000, description="free-text query (sentence encoder)")
+    items: list[Id] = Field(default_factory=list, validate_default=True,
+                            description="raw item ids the anonymous user liked, oldest first (at most "
+                                        "serve.max_history)", json_schema_extra=serve_limit("max_history"))
+    k: Count = _k()
+
+    @field_validator("items")
+    @classmethod
+    def _items_or_text(cls, items: list[str], info: ValidationInfo) -> list[str]:
+        if not items and info.data.get("text") is None:
+            raise ValueError("empty history: give at least one item id or a text")
+        return items
 
 
 class SimilarItemsRequest(_Request):
     item: Id
-    k: int = Field(10, ge=1)
+    k: Count = _k()
 
 
 class ExplainRequest(_Request):
     user: Id
     item: Id
-    n: int | None = Field(None, ge=1, description="history items to return (default serve.explain_n)")
+    n: Count | None = _k(None, "history items to return (1 to serve.max_k; default serve.explain_n)")
 
 
 class Listing(BaseModel):
@@ -130,9 +176,11 @@ class Metadata(BaseModel):
     domains: dict[str, dict[str, Any]]
 
 
-def _client_error(exc: RequestError) -> JSONResponse:
+def _client_error(endpoint: str, exc: RequestError) -> JSONResponse:
     """A 4xx answer naming the field (returned, not raised: a client mistake is not a server traceback)."""
-    return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
+    limits.log_client_error(f"/{endpoint}", exc.status, str(exc), [exc.field])
+    return JSONResponse(ErrorResponse(error=str(exc), field=exc.field).model_dump(exclude_none=True),
+                        status_code=exc.status)
 
 
 @bentoml.service(name="m6rec", http={"host": "127.0.0.1", "port": 3000}, traffic={"timeout": 30}, workers=1)
@@ -166,7 +214,7 @@ class M6RecService:
         else:
             answer = await self.batcher.submit(query)
         if isinstance(answer, RequestError):
-            return _client_error(answer)
+            return _client_error("recommend", answer)
         return RecommendResponse(**answer)
 
     @bentoml.api
@@ -175,7 +223,7 @@ class M6RecService:
         try:
             return RecommendItemsResponse(**self.rec.recommend_items(req.domain, req.items, req.text, req.k))
         except RequestError as exc:
-            return _client_error(exc)
+            return _client_error("recommend_items", exc)
 
     @bentoml.api
     async def similar_items(self, req: SimilarItemsRequest, /) -> SimilarItemsResponse:
@@ -183,7 +231,7 @@ class M6RecService:
         try:
             return SimilarItemsResponse(**self.rec.similar_items(req.domain, req.item, req.k))
         except RequestError as exc:
-            return _client_error(exc)
+            return _client_error("similar_items", exc)
 
     @bentoml.api
     async def explain(self, req: ExplainRequest, /) -> ExplainResponse:
@@ -191,7 +239,7 @@ class M6RecService:
         try:
             return ExplainResponse(**self.rec.explain(req.domain, req.user, req.item, req.n))
         except RequestError as exc:
-            return _client_error(exc)
+            return _client_error("explain", exc)
 
     @bentoml.api
     async def health(self, req: Empty, /) -> Health:
@@ -210,3 +258,15 @@ class M6RecService:
     async def metadata(self, req: Empty, /) -> Metadata:
         """Model name, registry version, source, metrics, data version and domains."""
         return Metadata(**self.rec.metadata())
+
+
+def _max_body_bytes() -> int:
+    return serve_settings()[0].max_body_bytes
+
+
+def _openapi() -> dict[str, Any]:
+    return openapi_document(M6RecService, serve_settings()[0])
+
+
+# Size, content-type and strict-JSON checks before BentoML reads a body; GET /docs.json states the limits.
+M6RecService.add_asgi_middleware(limits.RequestGuard, max_body_bytes=_max_body_bytes, openapi=_openapi)
