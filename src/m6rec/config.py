@@ -12,6 +12,7 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +107,12 @@ class PrepareParams:
     cold_item_frac: float = 0.05  # fraction of items (with text) held out as cold-start items
     max_users: int = 0  # 0 = all users; otherwise a seeded sample per domain (tiny runs)
     seed: int = 42  # seed for cold items, random splits and user sampling
+    max_text_chars: int = 10000  # item title/text/fields longer than this are cut (logged per domain); 0 = no limit
+    verify_raw: bool = True  # check data/raw against the registry's sha256 (datasets that list them) before parsing
+
+    def __post_init__(self) -> None:
+        if self.max_text_chars < 0:
+            raise ConfigError(f"params.yaml prepare.max_text_chars must be >= 0, got {self.max_text_chars}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,38 @@ class ValidateParams:
     min_items: int = 20  # ... items
     min_train_interactions: int = 100  # ... training interactions
     max_examples: int = 5  # bad values/rows shown per failed expectation
+    ts_epoch: str = "1990-01-01"  # unix-time interactions before this date (ISO, UTC) are rejected
+    max_future_s: float = 86400.0  # unix-time interactions later than the run's clock + this are rejected
+    drift_count_ratio: tuple[float, ...] = (0.7, 1.5)  # allowed [min, max] of rows now / rows last validated
+    drift_max_new_user_share: float = 0.5  # most users per domain absent from the last validated data
+    drift_max_new_item_share: float = 0.5  # most catalogue items per domain absent from the last validated data
+    drift_max_rating_mean_shift: float = 0.25  # explicit domains: largest |mean rating now - last validated|
+
+    def __post_init__(self) -> None:
+        ratio = self.drift_count_ratio
+        if len(ratio) != 2 or not 0 <= ratio[0] <= 1 <= ratio[1]:
+            raise ConfigError(f"params.yaml validate.drift_count_ratio must be [min, max] with 0 <= min <= 1 <= max, "
+                              f"got {list(ratio)}")
+        for name in ("drift_max_new_user_share", "drift_max_new_item_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"params.yaml validate.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.drift_max_rating_mean_shift < 0 or self.max_future_s < 0:
+            raise ConfigError("params.yaml validate.drift_max_rating_mean_shift and max_future_s must be >= 0")
+        if isinstance(self.ts_epoch, date):  # YAML reads an unquoted 1990-01-01 as a date
+            object.__setattr__(self, "ts_epoch", self.ts_epoch.isoformat())
+        try:
+            date.fromisoformat(self.ts_epoch)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"params.yaml validate.ts_epoch must be an ISO date such as 1990-01-01, "
+                              f"got {self.ts_epoch!r}") from exc
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """`runtime`: process settings every model stage applies first (m6rec.runtime.configure)."""
+
+    deterministic: bool = False  # one torch thread, deterministic algorithms, global seeds: reruns match exactly
+    seed: int = 42  # python/numpy/torch global seed in deterministic mode (stages also seed their own generators)
 
 
 @dataclass(frozen=True)

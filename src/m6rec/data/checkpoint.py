@@ -26,7 +26,8 @@ from great_expectations.data_context.types.base import (
 from m6rec.data.expectations import TABLE_KEYS
 
 # Columns GX reports beside each unexpected value, so a failure points at the row (and its domain).
-INDEX_COLUMNS = {**TABLE_KEYS, "relations": ["domain", "user", "item", "split"], "sizes": ["domain"]}
+INDEX_COLUMNS = {**TABLE_KEYS, "relations": ["domain", "user", "item", "split"], "sizes": ["domain"],
+                 "timestamps": ["domain", "user", "item"], "drift": ["domain"]}
 DOCS_SITE = "m6rec"
 
 

@@ -11,6 +11,12 @@ What is checked (every check is a GX expectation, so every failure shows in the 
   items, a ``(domain, user, item)`` pair sits in one split only, and split "cold" exactly for cold items.
 * ``sizes`` (derived, one row per domain of meta.json): minimum users, items and training interactions, and the
   table counts agree with meta.json.
+* ``timestamps`` (the interactions with ``ts_kind == "unix"``): not before the configured epoch, not after the run's
+  clock plus a tolerance (a daily export with future times has a broken clock or time zone).
+* ``drift`` (derived against the last validated data): see :mod:`m6rec.data.drift`.
+
+One text per item id is checked by `prepare` (m6rec.data.prepare.check_one_text_per_item), the one place that still
+sees the duplicates.
 
 Per-domain batches are slices made once in pandas: a GX row condition would re-filter the whole table for every
 metric, which costs more than the checks themselves on the full data. Running the suites and reporting their
@@ -52,6 +58,8 @@ class Thresholds:
     min_users: int = 1
     min_items: int = 1
     min_train_interactions: int = 1
+    ts_min: int | None = None  # earliest allowed unix time (the configured epoch); None = not checked
+    ts_max: int | None = None  # latest allowed unix time (the run's clock + tolerance); None = not checked
 
     def __post_init__(self) -> None:
         for domain, scale in self.rating_scales.items():
@@ -135,6 +143,11 @@ def build_batches(tables: Mapping[str, pd.DataFrame], meta: dict) -> dict[str, p
     if lacking:
         log.warning("cross-table checks skipped: tables lack columns %s", lacking)
         return batches
+    if {"ts", "ts_kind"} <= set(tables["interactions"].columns):
+        inter = tables["interactions"]
+        # Only real clock times: "order" timestamps are positions in a user's sequence
+        batches["timestamps"] = inter.loc[inter["ts_kind"] == "unix", [c for c in ("domain", "user", "item", "ts")
+                                                                       if c in inter.columns]]
     try:
         batches["relations"] = derive_relations(tables["interactions"], tables["items"], tables["users"])
         batches["sizes"] = derive_sizes(tables["interactions"], tables["items"], tables["users"], meta)
@@ -260,6 +273,19 @@ def sizes_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
     ])
 
 
+def timestamps_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
+    """Unix-time interactions lie between the configured epoch and the run's clock (plus a tolerance)."""
+    t = {"table": "interactions"}
+    exps = []
+    if thresholds.ts_min is not None:
+        exps.append(gxe.ExpectColumnValuesToBeBetween(column="ts", min_value=thresholds.ts_min, meta=t,
+                                                      notes="not before validate.ts_epoch"))
+    if thresholds.ts_max is not None:
+        exps.append(gxe.ExpectColumnValuesToBeBetween(column="ts", max_value=thresholds.ts_max, meta=t,
+                                                      notes="not in the future (run clock + validate.max_future_s)"))
+    return _suite("timestamps", "interactions", None, exps)
+
+
 def build_suites(meta: dict, thresholds: Thresholds) -> dict[str, list[gx.ExpectationSuite]]:
     """Batch name -> the suites that validate it (suite names are the batch names)."""
     check_meta(meta)
@@ -270,4 +296,6 @@ def build_suites(meta: dict, thresholds: Thresholds) -> dict[str, list[gx.Expect
         suites.update({s.name: [s] for s in domain_suites(t, meta, thresholds)})
     suites["relations"] = [relations_suite()]
     suites["sizes"] = [sizes_suite(thresholds)]
+    if thresholds.ts_min is not None or thresholds.ts_max is not None:
+        suites["timestamps"] = [timestamps_suite(thresholds)]
     return suites

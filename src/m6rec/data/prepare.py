@@ -42,10 +42,69 @@ class PrepareError(ValueError):
     """The parsed data cannot be turned into the canonical schema (names the dataset and the problem)."""
 
 
-def canonicalise(spec: DatasetSpec, inter: pd.DataFrame, items: pd.DataFrame, params: SplitParams) -> DomainTables:
-    """Map ids, de-duplicate, hold out cold items and split; returns canonical tables for one domain."""
+def check_one_text_per_item(name: str, items: pd.DataFrame, max_examples: int = 3) -> None:
+    """Raise PrepareError when an item id is listed more than once with different titles or texts.
+
+    This runs here, on the parsed item file, because canonicalise keeps one row per id: after it, the `validate`
+    suites could no longer see which text was dropped. Exact repeats (same id, same text) are harmless and are
+    merged silently, as before.
+    """
+    dup = items[items.duplicated("raw_item", keep=False)]
+    if dup.empty:
+        return
+    texts = dup.assign(_t=dup["title"].fillna("").astype(str) + "\x00" + dup["text"].fillna("").astype(str))
+    variants = texts.groupby("raw_item", sort=False)["_t"].nunique()
+    bad = variants[variants > 1].index.tolist()
+    if not bad:
+        return
+    first = texts[texts["raw_item"] == bad[0]]["_t"].drop_duplicates().tolist()
+    shown = [t.replace("\x00", " | ")[:80] for t in first[:2]]
+    raise PrepareError(f"{name}: {len(bad)} item ids are listed with different texts, e.g. item {bad[0]!r}: "
+                       f"{shown[0]!r} vs {shown[1]!r} (items {[str(b) for b in bad[:max_examples]]}); the item "
+                       f"file must give one text per id")
+
+
+def limit_texts(name: str, items: pd.DataFrame, max_chars: int) -> pd.DataFrame:
+    """Cut titles, texts and raw text fields to `max_chars` characters (0 = no limit), logging how many were cut.
+
+    A multi-megabyte description would otherwise travel through every table, the encoder cache and the bundles,
+    while the encoder reads only its first few hundred tokens anyway.
+    """
+    if not max_chars:
+        return items
+    items = items.copy()
+    cut = pd.Series(False, index=items.index)
+    for col in ("title", "text"):
+        values = items[col].fillna("").astype(str)
+        long = values.str.len() > max_chars
+        cut |= long
+        items[col] = values.where(~long, values.str.slice(0, max_chars))
+
+    def cut_fields(fields: object) -> object:
+        if not isinstance(fields, dict):
+            return fields
+        return {k: v[:max_chars] if isinstance(v, str) else v for k, v in fields.items()}
+
+    long_fields = items["fields"].map(lambda f: isinstance(f, dict) and any(
+        isinstance(v, str) and len(v) > max_chars for v in f.values()))
+    cut |= long_fields.astype(bool)
+    items.loc[long_fields.astype(bool), "fields"] = items.loc[long_fields.astype(bool), "fields"].map(cut_fields)
+    if cut.any():
+        log.warning("%s: %d items had a title, text or field longer than prepare.max_text_chars=%d: cut to it",
+                    name, int(cut.sum()), max_chars)
+    return items
+
+
+def canonicalise(spec: DatasetSpec, inter: pd.DataFrame, items: pd.DataFrame, params: SplitParams,
+                 max_text_chars: int = 0) -> DomainTables:
+    """Map ids, de-duplicate, hold out cold items and split; returns canonical tables for one domain.
+
+    Raises PrepareError when an item id has two different texts; texts over `max_text_chars` are cut."""
     name = spec.name
+    n_raw = len(inter)  # rows as exported, before sampling and de-duplication: the drift check compares it
+    check_one_text_per_item(name, items)
     items = items.drop_duplicates("raw_item", keep="first").reset_index(drop=True)
+    items = limit_texts(name, items, max_text_chars)
     unknown = ~inter["raw_item"].isin(items["raw_item"])
     if unknown.any():
         raise PrepareError(f"{name}: {int(unknown.sum())} interactions name items missing from the item file, "
@@ -113,7 +172,7 @@ def canonicalise(spec: DatasetSpec, inter: pd.DataFrame, items: pd.DataFrame, pa
     meta = {
         "domain": name, "kind": spec.domain, "feedback": spec.feedback, "split_method": spec.split,
         "has_text": spec.has_text, "n_users": int(len(raw_users)), "n_items": int(len(items)),
-        "n_interactions": int(len(interactions)), "n_cold_items": int(len(cold)),
+        "n_interactions": int(len(interactions)), "n_raw_interactions": int(n_raw), "n_cold_items": int(len(cold)),
         "splits": {s: int(counts.get(s, 0)) for s in schema.SPLITS},
         "value_min": float(interactions["value"].min()), "value_max": float(interactions["value"].max()),
         "licence": spec.licence,
@@ -137,12 +196,18 @@ def prepare_datasets(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: Pre
     """Parse, canonicalise and write every domain of `cfg` from `raw_dir` to `out_dir`; returns meta. Writes
     atomically (temp folder, then rename), so a failure leaves the last prepared data as it was."""
     from m6rec.data.parsers import parse
+    from m6rec.data.raw_check import verify_raw
     from m6rec.data.sources import load_registry
 
     registry = load_registry(registry_path)
     unknown = sorted(set(cfg.domains) - set(registry))
     if unknown:
         raise SystemExit(f"params.yaml prepare.domains names unknown datasets {unknown}")
+    if cfg.verify_raw:
+        # The check the Airflow DAG runs first, so that plain `dvc repro` refuses modified raw data too.
+        unchecked = verify_raw([registry[n] for n in cfg.domains], raw_dir, str(registry_path))
+        for name in unchecked:
+            log.info("%s: the registry lists no sha256: the raw files are gated by the validate expectations", name)
     split_params = SplitParams(cfg.test_frac, cfg.valid_frac, cfg.min_user_interactions, cfg.cold_item_frac,
                                cfg.max_users, cfg.seed)
     tables = []
@@ -151,7 +216,7 @@ def prepare_datasets(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: Pre
         if not folder.is_dir():
             raise SystemExit(f"raw data for '{name}' not found in {folder}: run `python -m m6rec.stages.download`")
         inter, items = parse(registry[name].parser, folder)
-        tables.append(canonicalise(registry[name], inter, items, split_params))
+        tables.append(canonicalise(registry[name], inter, items, split_params, cfg.max_text_chars))
     interactions, items, users, meta = combine(tables, split_params)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir.parent))

@@ -10,9 +10,12 @@ report folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -20,16 +23,30 @@ import pandas as pd
 from m6rec.config import ValidateParams
 from m6rec.data import schema
 from m6rec.data.checkpoint import Outcome, run_checks
+from m6rec.data.drift import DriftLimits, derive_drift, drift_suite
 from m6rec.data.expectations import Thresholds, ValidationInputError, build_batches, build_suites, check_meta
+
+log = logging.getLogger(__name__)
 
 DOCS_SUBDIR = "data_docs"
 SUMMARY_FILE = "summary.json"
 
 
-def thresholds(cfg: ValidateParams) -> Thresholds:
+def thresholds(cfg: ValidateParams, now: float | None = None) -> Thresholds:
+    """The suites' limits from params; `now` (unix seconds, default: the clock) anchors "not in the future"."""
+    epoch = datetime.combine(date.fromisoformat(cfg.ts_epoch), datetime.min.time(), tzinfo=timezone.utc)
+    now = time.time() if now is None else now
     return Thresholds(rating_scales={k: tuple(v) for k, v in (cfg.rating_scales or {}).items()},
                       min_users=cfg.min_users, min_items=cfg.min_items,
-                      min_train_interactions=cfg.min_train_interactions)
+                      min_train_interactions=cfg.min_train_interactions,
+                      ts_min=int(epoch.timestamp()), ts_max=int(now + cfg.max_future_s))
+
+
+def drift_limits(cfg: ValidateParams) -> DriftLimits:
+    lo, hi = cfg.drift_count_ratio
+    return DriftLimits(count_ratio=(float(lo), float(hi)), max_new_user_share=cfg.drift_max_new_user_share,
+                       max_new_item_share=cfg.drift_max_new_item_share,
+                       max_rating_mean_shift=cfg.drift_max_rating_mean_shift)
 
 
 def load_tables(folder: Path) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -53,11 +70,24 @@ def load_tables(folder: Path) -> tuple[dict[str, pd.DataFrame], dict]:
     return tables, meta
 
 
+def load_baseline(folder: Path | None) -> tuple[dict[str, pd.DataFrame], dict] | None:
+    """The last validated data to measure drift against; None when there is none yet (the first run)."""
+    if folder is None or not (folder / schema.META).is_file():
+        return None
+    try:
+        return load_tables(folder)
+    except ValidationInputError as exc:
+        # A damaged baseline must not silently switch the drift checks off
+        raise ValidationInputError(f"last validated data {folder} cannot be read for the drift checks: {exc}; "
+                                   f"restore it (`dvc checkout`) or remove it to start a new baseline") from exc
+
+
 def validate_folder(folder: Path, cfg: ValidateParams, report_dir: Path, label: str | None = None,
-                    data_docs: bool = True) -> Outcome:
+                    data_docs: bool = True, baseline: Path | None = None, now: float | None = None) -> Outcome:
     """Validate a prepared folder; writes the Data Docs and summary.json into report_dir (replacing old ones).
 
-    `label` names the data in summary.json (the folder the user knows, not the staging copy).
+    `label` names the data in summary.json (the folder the user knows, not the staging copy); `baseline` is the last
+    validated folder, the drift checks' reference (None or absent: first run); `now` anchors the future check.
     """
     docs_dir, summary_path = report_dir / DOCS_SUBDIR, report_dir / SUMMARY_FILE
     # Only what this stage writes is removed: report_dir may be shared with other reports.
@@ -65,10 +95,16 @@ def validate_folder(folder: Path, cfg: ValidateParams, report_dir: Path, label: 
         shutil.rmtree(docs_dir)
     summary_path.unlink(missing_ok=True)
     tables, meta = load_tables(folder)
-    suites = build_suites(meta, thresholds(cfg))
+    suites = build_suites(meta, thresholds(cfg, now))
     batches = build_batches(tables, meta)
+    drift, drift_report = derive_drift(tables, meta, load_baseline(baseline), str(baseline))
+    if drift is not None:
+        batches["drift"], suites["drift"] = drift, [drift_suite(drift_limits(cfg))]
+    log.info("drift: %s%s", drift_report["status"],
+             "".join(f"; {d}: {why}" for d, why in drift_report["skipped"].items()))
     report_dir.mkdir(parents=True, exist_ok=True)
     outcome = run_checks(batches, suites, docs_dir, cfg.max_examples, data_docs=data_docs)
+    outcome.summary["drift"] = drift_report
     summary = {"in_dir": label or str(folder), **outcome.summary}
     summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return outcome
@@ -91,8 +127,10 @@ def publish(staged: Path, out_dir: Path) -> None:
             shutil.rmtree(old)
 
 
-def validate_and_publish(cfg: ValidateParams, in_dir: Path, out_dir: Path, report_dir: Path) -> Outcome:
-    """Copy in_dir next to out_dir, validate the copy, and publish it only if every expectation passes."""
+def validate_and_publish(cfg: ValidateParams, in_dir: Path, out_dir: Path, report_dir: Path,
+                         now: float | None = None) -> Outcome:
+    """Copy in_dir next to out_dir, validate the copy (drift against out_dir, the last validated data), and publish
+    it only if every expectation passes."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if not in_dir.is_dir():
         raise ValidationInputError(f"prepared folder {in_dir} does not exist (run the `prepare` stage)")
@@ -100,7 +138,7 @@ def validate_and_publish(cfg: ValidateParams, in_dir: Path, out_dir: Path, repor
     staged = staging / out_dir.name
     try:
         shutil.copytree(in_dir, staged)
-        outcome = validate_folder(staged, cfg, report_dir, label=str(in_dir))
+        outcome = validate_folder(staged, cfg, report_dir, label=str(in_dir), baseline=out_dir, now=now)
         if outcome.success:
             publish(staged, out_dir)
     finally:

@@ -12,42 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The comparison itself is shared with the `prepare` stage (plain `dvc repro` refuses the same data).
+from m6rec.data.raw_check import DatasetState, dataset_state
+from m6rec.data.raw_check import modified_message as _modified_message
 from m6rec.orchestration.tasks import SKIP_EXIT_CODE, OrchestrationError, tool
 
 log = logging.getLogger(__name__)
 
 DATA_ERROR_EXIT_CODE = 3  # raw data differs from the registry, or is incomplete after the download
-
-
-@dataclass(frozen=True)
-class DatasetState:
-    name: str
-    missing: tuple[str, ...]  # registered files that are absent
-    modified: tuple[tuple[str, str, str], ...]  # (file, registry sha256, actual sha256)
-
-    @property
-    def status(self) -> str:
-        return "modified" if self.modified else "missing" if self.missing else "verified"
-
-
-def dataset_state(spec: Any, folder: Path) -> DatasetState:
-    """Compare `folder` with a registry entry (m6rec.data.sources.DatasetSpec) file by file."""
-    from m6rec.data.sources import sha256_file
-
-    missing, modified = [], []
-    for name, expected in spec.files.items():
-        path = folder / name
-        if not path.is_file():
-            missing.append(name)
-            continue
-        actual = sha256_file(path)
-        if actual != expected:
-            modified.append((name, expected, actual))
-    return DatasetState(spec.name, tuple(missing), tuple(modified))
 
 
 def dvc_status(targets: list[str] | None = None) -> dict[str, Any]:
@@ -58,17 +33,6 @@ def dvc_status(targets: list[str] | None = None) -> dict[str, Any]:
         raise OrchestrationError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
     lines = [ln for ln in res.stdout.splitlines() if ln.strip().startswith(("{", "["))]
     return json.loads(lines[-1]) if lines else {}
-
-
-def _modified_message(states: list[DatasetState], raw_dir: str, registry: str) -> str:
-    lines = [f"raw data differs from the registry ({registry}); nothing was overwritten:"]
-    for st in states:
-        for name, expected, actual in st.modified:
-            lines.append(f"  {raw_dir}/{st.name}/{name}: sha256 {actual}, registry expects {expected}")
-    lines.append("Either restore the registered version (`dvc checkout data.dvc`, or delete the dataset folder and "
-                 "re-run the download), or accept the new data by updating its sha256 in the registry in a "
-                 "reviewed change; the `validate` gate then checks it before any training.")
-    return "\n".join(lines)
 
 
 def check_raw_data(params_path: str | Path, mirror: Path | None, offline: bool,

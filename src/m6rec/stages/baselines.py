@@ -16,7 +16,7 @@ import numpy as np
 from m6rec import tracking
 from m6rec.config import BaselinesParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
-from m6rec.runtime import set_threads
+from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json
 from m6rec.training.baselines import plot_rows, run_domain
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
     cfg = section(params, "baselines", BaselinesParams)
     protocol = section(params, "protocol", ProtocolParams)
-    set_threads()
+    configure_runtime(params)
     prepared = load_prepared(cfg.in_dir)
     domains = list(cfg.domains) or prepared.domains
     metrics: dict[str, dict] = {}

@@ -36,7 +36,7 @@ from pathlib import Path
 from m6rec import tracking
 from m6rec.config import FinetuneParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
-from m6rec.runtime import set_threads
+from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
 from m6rec.stage_io import stage_params, tracking_settings, write_json
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
     cfg = section(params, "finetune", FinetuneParams)
     protocol = section(params, "protocol", ProtocolParams)
-    set_threads()
+    configure_runtime(params)
     t0 = time.perf_counter()
     prepared = load_prepared(cfg.in_dir)
     source, _ = load_checkpoint(Path(cfg.multitask_dir) / CHECKPOINT)

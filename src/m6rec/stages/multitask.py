@@ -22,7 +22,7 @@ from m6rec import tracking
 from m6rec.config import MultitaskParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.explain import explanations_markdown
-from m6rec.runtime import set_threads
+from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_text
 from m6rec.training.assembly import CHECKPOINT, load_pretrained, ordered_domains
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
     cfg = section(params, "multitask", MultitaskParams)
     protocol = section(params, "protocol", ProtocolParams)
-    set_threads()
+    configure_runtime(params)
     t0 = time.perf_counter()
     prepared = load_prepared(cfg.in_dir)
     items = load_pretrained(cfg.pretrain_dir, cfg.graph_dir)

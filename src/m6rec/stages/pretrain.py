@@ -32,7 +32,7 @@ from m6rec.config import PretrainParams, ProtocolParams, load_params, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.graph.build import load_graph
 from m6rec.log import setup_logging
-from m6rec.runtime import set_threads
+from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import tracking_settings, write_json
 from m6rec.text.embeddings import load_embeddings
@@ -61,7 +61,7 @@ def _main(params_path: str, env: DistEnv) -> int:
     params = load_params(params_path)
     cfg = section(params, "pretrain", PretrainParams)
     protocol = section(params, "protocol", ProtocolParams)
-    set_threads()
+    configure_runtime(params)
     prepared = load_prepared(cfg.in_dir)
     graph = load_graph(cfg.graph_dir)
     if list(graph.domains) != prepared.domains[: len(graph.domains)] or any(

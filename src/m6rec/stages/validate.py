@@ -1,7 +1,7 @@
 """Stage `validate`: Great Expectations checks on data/prepared; publishes data/validated only when all pass.
 
-:func:`m6rec.data.validation.validate_and_publish` checks a copy of `in_dir` and publishes it to `out_dir` only on
-a pass: on failure `out_dir` (and everything downstream of it) keeps the last good data. Either way the Data Docs and
+:func:`m6rec.data.validation.validate_and_publish` checks a copy of `in_dir` (drift measured against `out_dir`, the
+last validated data; none on the first run) and publishes it to `out_dir` only on a pass: on failure `out_dir` (and everything downstream of it) keeps the last good data. Either way the Data Docs and
 a `summary.json` land in `report_dir`; a pass also writes the expectation counts to `metrics_file`.
 """
 
