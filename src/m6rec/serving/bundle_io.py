@@ -117,6 +117,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 HASH_PREFIX = "sha256:"
+HASH_TAG = "bundle.sha256"  # the registered model version tag holding content_hash() of its bundle
 _UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError)  # what numpy/scipy raise on bad bytes
 
 
