@@ -306,6 +306,11 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class PreflightParams:
+    out: str = "reports/preflight.json"  # written when the store checks pass (constant content: an ordering dep)
+
+
+@dataclass(frozen=True)
 class RegisterParams:
     candidates: tuple = ()  # list of {bundle: folder, metrics: file (optional, not read)}: models to register
     metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
