@@ -1,4 +1,9 @@
-"""m6rec pipeline: raw-data check -> one task per DVC stage (validate gates training) -> register -> bento build.
+"""m6rec pipeline: preflight -> raw-data check -> one task per DVC stage (validate gates training) -> register ->
+bento build.
+
+The first task is the `preflight` DVC stage (MLflow store reachable, a recorded registry still there): a dead
+server fails the run in seconds, before hours of stages. It is taken out of the derived stage graph, where it would
+only be an ordering dep of the model stages, and put first.
 
 The stage tasks are derived from `dvc.yaml` each time this file is parsed (YAML only, no DVC import): one task per
 stage, `dvc repro --single-item <stage>`, so the UI shows each stage's status, duration and log. Tasks are wired from
@@ -25,7 +30,10 @@ from m6rec import orchestration as orch
 PROJECT = orch.project_dir(__file__)
 BINS = orch.bin_dir()
 CFG = orch.load_airflow_params(PROJECT / "params.yaml")
-STAGES = orch.stage_graph(dvcfiles.read_stages(PROJECT / "dvc.yaml"), CFG.gate_stage, CFG.promote_stage)
+ALL_STAGES = dvcfiles.read_stages(PROJECT / "dvc.yaml")
+HAS_PREFLIGHT = any(s.name == orch.PREFLIGHT_STAGE for s in ALL_STAGES)
+STAGES = orch.stage_graph([s for s in ALL_STAGES if s.name != orch.PREFLIGHT_STAGE], CFG.gate_stage,
+                          CFG.promote_stage)
 
 
 def _bash(task_id: str, command: str, **kwargs) -> BashOperator:
@@ -47,6 +55,8 @@ def _bash(task_id: str, command: str, **kwargs) -> BashOperator:
 def m6rec_pipeline() -> None:
     check_flags = "" if CFG.run_when_up_to_date else " --skip-if-up-to-date"
     check = _bash("check_raw_data", f"python -m m6rec.orchestration check-raw-data{check_flags}", retries=0)
+    if HAS_PREFLIGHT:  # no retries: its point is to fail fast with the reason
+        _bash(orch.PREFLIGHT_STAGE, orch.dvc_repro(orch.PREFLIGHT_STAGE, single_item=True), retries=0) >> check
 
     stages = {
         name: _bash(name, orch.dvc_repro(name, single_item=True),

@@ -345,6 +345,11 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class PreflightParams:
+    out: str = "reports/preflight.json"  # written when the store checks pass (constant content: an ordering dep)
+
+
+@dataclass(frozen=True)
 class RegisterParams:
     candidates: tuple = ()  # list of {bundle: folder, metrics: file (optional, not read)}: models to register
     metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
@@ -353,6 +358,8 @@ class RegisterParams:
     model_name: str = "m6rec"  # registered model name in MLflow (served as models:/<name>@champion)
     data_dir: str = "data/validated"  # the data the figures must refer to (re-evaluation reads it)
     report: str = "reports/promotion.json"  # decision record (also logged to MLflow)
+    decision_log: str = "reports/promotions.jsonl"  # append-only JSON line per decision (not a DVC out)
+    init_registry: bool = False  # start a new registry even where decision_log records a champion in this store
 
     def __post_init__(self) -> None:
         parse_metric(self.metric)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 THREADS_ENV = "M6REC_THREADS"
@@ -55,3 +60,33 @@ def configure(params: dict[str, Any]) -> int:
     torch.manual_seed(cfg.seed)
     log.info("runtime: deterministic mode (1 thread, deterministic algorithms, global seed %d)", cfg.seed)
     return 1
+
+
+class Interrupted(SystemExit):
+    """SIGTERM/SIGINT arrived inside :func:`signals_raise`: raised where the code was, so ``with``/``finally``
+    blocks unwind (an MLflow run ends FAILED); the process then exits with 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_raise(why: str) -> Iterator[None]:
+    """While open, SIGTERM and SIGINT raise :class:`Interrupted` (logging ``why``) instead of their default
+    actions, which end the process without unwinding. Handlers can only be set in the main thread; elsewhere this
+    does nothing. The previous handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        log.error("got %s: %s", signal.Signals(signum).name, why)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

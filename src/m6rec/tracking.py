@@ -15,6 +15,11 @@ A serving bundle (``m6rec.serving.bundle``) is logged as an MLflow 3 *LoggedMode
 files plus a flavour-less ``MLmodel`` file, so it can be registered as a version of model ``m6rec`` and fetched
 back with :func:`download_model` (``models:/m6rec@champion`` or ``models:/m6rec/3``). Promotion uses registry
 *aliases* (``@champion``), not the stages removed in MLflow 3.
+
+Failing fast: :func:`check_store` tells in seconds, without importing mlflow, whether the store can be used (a
+tracking server answers its ``/health``; a sqlite file exists, or may be created, and is a database); the
+``preflight`` stage and the service call it before any long work. A run ended by SIGTERM or SIGINT ends FAILED,
+not RUNNING for ever (:func:`start_run` turns the signal into an exception inside the run).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Any
 
 from m6rec.config import TrackingParams
 from m6rec.provenance import data_version, git_commit, project_root  # noqa: F401  (data_version: for the stages)
+from m6rec.runtime import signals_raise
+from m6rec.store_check import StoreError, check_uri, sqlite_path  # noqa: F401  (StoreError, sqlite_path: callers)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,15 @@ def artifact_root(uri: str, settings: TrackingParams) -> str | None:
         db = Path(uri[len("sqlite:///"):])
         return (db.resolve().parent / settings.artifacts).as_uri()
     return None
+
+
+def check_store(settings: TrackingParams, *, must_exist: bool = False, timeout_s: float = 5.0) -> str:
+    """Check, in seconds and without mlflow, that the store of ``settings`` can be used; returns its URI.
+
+    See :func:`m6rec.store_check.check_uri`: a server must answer ``/health``; a sqlite file must be a database,
+    and must exist when ``must_exist`` (a registry was expected there). Raises :class:`StoreError`.
+    """
+    return check_uri(tracking_uri(settings), must_exist=must_exist, timeout_s=timeout_s)
 
 
 def _mlflow(settings: TrackingParams | None = None):
@@ -163,7 +179,8 @@ def start_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
 
     ``settings`` is the ``tracking`` section of the params file the stage was run with. Logs ``params`` flattened
     (``section.key``) and tags ``stage``, ``git_commit``, ``data_version`` (of ``data_paths``, default the stage's
-    data deps in dvc.yaml) plus ``tags``. The run ends FAILED if the body raises.
+    data deps in dvc.yaml) plus ``tags``. The run ends FAILED if the body raises, and also when the process gets
+    SIGTERM or SIGINT meanwhile (:func:`m6rec.runtime.signals_raise`: exit code 128 + the signal).
     """
     mlflow = _mlflow(settings)
     all_tags = {
@@ -172,7 +189,8 @@ def start_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
         "data_version": data_version(stage=stage, paths=data_paths),
         **{str(k): str(v) for k, v in (tags or {}).items()},
     }
-    with mlflow.start_run(experiment_id=_experiment_id(mlflow, settings), run_name=stage, tags=all_tags) as run:
+    with signals_raise(f"stage {stage}: ending its MLflow run as FAILED"), \
+            mlflow.start_run(experiment_id=_experiment_id(mlflow, settings), run_name=stage, tags=all_tags) as run:
         flat = flatten_params(params)
         if flat:
             mlflow.log_params(flat)
@@ -263,6 +281,20 @@ def register_model(model_uri: str, name: str = REGISTERED_MODEL, tags: Mapping[s
     mlflow = _mlflow(settings)
     mv = mlflow.register_model(model_uri, name, tags={str(k): str(v) for k, v in (tags or {}).items()})
     return get_version(name, mv.version, settings=settings)
+
+
+def registered_model_exists(name: str = REGISTERED_MODEL, *, settings: TrackingParams) -> bool:
+    """Whether the store of ``settings`` has registered model ``name`` (open the store only after
+    :func:`check_store`: mlflow creates a missing sqlite file)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(settings).get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return False
+        raise
+    return True
 
 
 def get_version(name: str, version: str | int, *, settings: TrackingParams) -> ModelVersionInfo:

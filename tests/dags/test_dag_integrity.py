@@ -100,11 +100,16 @@ def test_pipeline_tasks_follow_dvc_yaml(dagbag: dict) -> None:
     dag = dagbag["dags"]["m6rec_pipeline"]
     tasks = dag["tasks"]
     assert set(tasks) == {"check_raw_data", "build_bento", cfg.gate_stage, *stages}
-    assert tasks["check_raw_data"]["upstream"] == []
-    graph = orch.stage_graph(dvcfiles.read_stages(REPO / "dvc.yaml"), cfg.gate_stage, cfg.promote_stage)
+    # The MLflow preflight runs first, before anything else; it is not part of the derived stage graph.
+    assert orch.PREFLIGHT_STAGE in stages and tasks[orch.PREFLIGHT_STAGE]["upstream"] == []
+    assert "repro --single-item preflight" in tasks[orch.PREFLIGHT_STAGE]["command"]
+    assert tasks["check_raw_data"]["upstream"] == [orch.PREFLIGHT_STAGE]
+    stages.remove(orch.PREFLIGHT_STAGE)
+    graph = orch.stage_graph([s for s in dvcfiles.read_stages(REPO / "dvc.yaml") if s.name != orch.PREFLIGHT_STAGE],
+                             cfg.gate_stage, cfg.promote_stage)
     for name in stages:
         ancestors = _ancestors(tasks, name)
-        assert "check_raw_data" in ancestors
+        assert {"check_raw_data", orch.PREFLIGHT_STAGE} <= ancestors
         assert set(graph[name]) <= ancestors
         assert f"dvc --wait-for-lock repro --single-item {name}" in tasks[name]["command"]
         assert tasks[name]["cwd"] == str(REPO)
@@ -123,7 +128,7 @@ def test_pipeline_retry_timeout_and_callback_policy(dagbag: dict) -> None:
     assert dag["catchup"] is False
     assert dag["max_active_tasks"] == 1 and dag["max_active_runs"] == 1
     for task_id, t in dag["tasks"].items():
-        expected_retries = 0 if task_id in ("check_raw_data", cfg.gate_stage) else cfg.retries
+        expected_retries = 0 if task_id in ("check_raw_data", cfg.gate_stage, orch.PREFLIGHT_STAGE) else cfg.retries
         assert t["retries"] == expected_retries, task_id
         assert t["backoff"] == cfg.retry_backoff and t["max_retry_delay_s"] == cfg.max_retry_delay_s
         assert t["timeout_s"] == 60 * cfg.task_timeout_min.get(task_id, cfg.timeout_min), task_id

@@ -11,7 +11,7 @@ import pytest
 
 from m6rec import tracking
 from m6rec.config import TrackingParams
-from m6rec.serving.bundle_io import export_bundle, load_bundle
+from m6rec.serving.bundle_io import HASH_TAG, content_hash, export_bundle, load_bundle
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.local_server import LocalServer
 from m6rec.serving.recommender import Recommender
@@ -33,8 +33,11 @@ def registry(tmp_path_factory, serving_bundle_dir, tiny_prepared):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
         with tracking.start_run("register", {}, settings=SETTINGS):
-            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"), settings=SETTINGS)
-            v2 = tracking.register_model(tracking.log_model(other, "random16"), settings=SETTINGS)
+            # Tagged with the content hash as the register stage does: the service refuses an untagged version.
+            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"), settings=SETTINGS,
+                                         tags={HASH_TAG: content_hash(serving_bundle_dir)})
+            v2 = tracking.register_model(tracking.log_model(other, "random16"), settings=SETTINGS,
+                                         tags={HASH_TAG: content_hash(other)})
         tracking.set_alias(v1.version, settings=SETTINGS)
         yield {"root": root, "v1": v1.version, "v2": v2.version, "random_bundle": other}
 

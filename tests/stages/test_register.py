@@ -237,3 +237,75 @@ def test_history_model_is_gated_on_its_own_scores(project):
     assert again["candidate"]["value"] == pytest.approx(figure, abs=1e-6)
     assert again["champion_before"]["value"] == pytest.approx(figure, abs=1e-6)
     assert not again["promoted"]  # a tie keeps the champion
+
+
+def test_registered_versions_carry_the_bundle_hash_and_decisions_are_logged(project):
+    from m6rec.serving.bundle_io import content_hash
+
+    root, mid = project["root"], project["mid"]
+    log_file = root / "reports" / "promotions.jsonl"
+    register.run(cfg(mid), checks(root, True), settings=SETTINGS)
+    before = log_file.read_text()
+    report = register.run(cfg(mid), checks(root, True), settings=SETTINGS)
+    assert log_file.read_text().startswith(before)  # appended, not rewritten
+    version = tracking.get_version("m6rec", report["candidate"]["version"], settings=SETTINGS)
+    assert version.tags[register.TAG_HASH] == content_hash(root / "models" / mid)
+    lines = [json.loads(x) for x in log_file.read_text().splitlines()]
+    assert len(lines) == len(before.splitlines()) + 1
+    assert lines[-1]["candidate"]["version"] == report["candidate"]["version"]
+    assert lines[-1]["decision"] == report["decision"] and lines[-1]["store"] == tracking.tracking_uri(SETTINGS)
+
+
+def test_lost_registry_is_an_error_not_a_first_run(project, tmp_path, monkeypatch):
+    """A store that once held a champion is deleted: register refuses with the reason, creates no empty store and
+    promotes nothing; with init_registry it starts a new registry knowingly."""
+    import yaml
+
+    root, low, high = project["root"], project["low"], project["high"]
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    ok = checks(root, True)
+    params = dict(metric=METRIC, domains=tuple(DOMAINS), data_dir=str(root / "data" / "validated"))
+    first = register.run(RegisterParams(candidates=({"bundle": str(root / "models" / high)},), **params), ok,
+                         settings=SETTINGS)
+    assert first["promoted"]  # no record yet: a first run starts the registry
+    db.unlink()
+    shutil.rmtree(tmp_path / "mlartifacts")
+    (tmp_path / "reports" / "promotion.json").unlink()  # as DVC does before the stage runs
+
+    worse = RegisterParams(candidates=({"bundle": str(root / "models" / low)},), **params)
+    with pytest.raises(register.decision_log.RegistryError, match=r"mlflow\.db does not exist.*records champion v1"):
+        register.run(worse, ok, settings=SETTINGS)
+    assert not db.exists() and not (tmp_path / "reports" / "promotion.json").exists()
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "validate": {"report_dir": str(ok.parent)}, "tracking": {},
+        "register": {"candidates": [{"bundle": str(root / "models" / low)}], "metric": METRIC, "domains": DOMAINS,
+                     "data_dir": str(root / "data" / "validated")}}))
+    assert register.main([]) == 1
+    log = [json.loads(x) for x in (tmp_path / "reports" / "promotions.jsonl").read_text().splitlines()]
+    assert [e["decision"] for e in log] == ["promoted", "refused"] and "does not exist" in log[-1]["reason"]
+    assert not db.exists()
+
+    # An empty store (a fresh database where the champion's was) is refused the same way. Fresh processes, as
+    # the stages are: this one's MLflow keeps the deleted database open.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('sqlite:///{db}').search_experiments()"],
+                   check=True, env=env, capture_output=True)
+    assert db.is_file()
+    stage = [sys.executable, "-m", "m6rec.stages.register"]
+    refused = subprocess.run(stage, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "has no registered model 'm6rec'" in refused.stderr, refused.stderr
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(params_file.read_text().replace("register:", "register:\n  init_registry: true", 1))
+    started = subprocess.run(stage, env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    again = json.loads((tmp_path / "reports" / "promotion.json").read_text())
+    assert again["promoted"] and again["reason"] == "promoted: no champion yet"
+    assert again["candidate"]["model"] == low

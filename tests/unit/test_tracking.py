@@ -194,3 +194,111 @@ def test_log_model_needs_a_folder(store, tmp_path):
 def test_artifacts_stay_beside_the_sqlite_file(store):
     assert (store / "mlartifacts").is_dir()
     assert not (Path.cwd() / "mlruns").exists()
+
+
+# ------------------------------------------------------------------------------------ failing fast, ending runs
+
+
+def _dead_url() -> str:
+    """A 127.0.0.1 port that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_check_store_refuses_a_dead_server_with_its_uri(monkeypatch):
+    url = _dead_url()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(tracking.StoreError, match=f"{url} is unreachable"):
+        tracking.check_store(SETTINGS, timeout_s=3)
+
+
+def test_check_store_asks_a_live_server_for_health(monkeypatch):
+    """A real HTTP server on 127.0.0.1: 200 on /health passes, any other answer is an error naming it."""
+    import http.server
+    import threading
+
+    answers = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            code = answers["code"] if self.path == "/health" else 404
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url + "/")
+        assert tracking.check_store(SETTINGS) == url + "/"
+        answers["code"] = 503
+        with pytest.raises(tracking.StoreError, match="HTTP 503"):
+            tracking.check_store(SETTINGS)
+    finally:
+        srv.shutdown()
+
+
+def test_check_store_on_sqlite_files(tmp_path, monkeypatch, store):
+    missing = tmp_path / "gone" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    with pytest.raises(tracking.StoreError, match="folder .*gone does not exist"):
+        tracking.check_store(SETTINGS)
+    missing.parent.mkdir()
+    tracking.check_store(SETTINGS)  # a first run may create it ...
+    with pytest.raises(tracking.StoreError, match="database file .*mlflow.db does not exist"):
+        tracking.check_store(SETTINGS, must_exist=True)  # ... but not where a registry was expected
+    assert not missing.exists()  # checking never creates the store
+    missing.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(tracking.StoreError, match="not a readable sqlite database"):
+        tracking.check_store(SETTINGS)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    assert tracking.check_store(SETTINGS, must_exist=True).endswith("mlflow.db")
+
+
+def test_sigterm_ends_the_run_failed(store, tmp_path):
+    """A real stage-like subprocess inside start_run gets SIGTERM: its run ends FAILED and it exits 128 + 15."""
+    import os
+    import signal
+    import time
+
+    started = tmp_path / "run_id"
+    code = (
+        "import sys, time\n"
+        "from m6rec import tracking\n"
+        "from m6rec.config import TrackingParams\n"
+        "with tracking.start_run('long', {}, data_paths=[], settings=TrackingParams()) as run_id:\n"
+        f"    open({str(started)!r}, 'w').write(run_id)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=store, stderr=subprocess.PIPE, text=True)
+    try:
+        while not started.exists() or not started.read_text():  # bounded by the subprocess's own life
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        run_id = started.read_text()
+        assert client().get_run(run_id).info.status == "RUNNING"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM" in err and "FAILED" in err
+    assert client().get_run(run_id).info.status == "FAILED"
+
+
+def test_signal_handlers_are_restored_after_the_run(store):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with tracking.start_run("quick", {}, data_paths=[], settings=SETTINGS):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before

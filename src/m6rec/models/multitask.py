@@ -297,14 +297,16 @@ class MultiTaskRecommender(ParameterGroups):
     def history_len(self) -> int:
         return self.encoder.max_len
 
-    def _version(self) -> tuple[int, ...]:
+    def _weights_version(self) -> tuple[int, ...]:
+        # Not `_version`: nn.Module's class attribute of that name is the state-dict format version, and a method
+        # there put the whole model (a bound method pickles its instance) into every checkpoint.
         return tuple(t._version for t in (*self.parameters(), *self.buffers()))
 
     def cached_catalogue(self, domain: int) -> Catalogue:
         """:meth:`catalogue`, kept until a weight changes or the model trains (scoring calls it batch after
         batch)."""
         cache = self.__dict__.setdefault("_catalogues", {})
-        version = self._version()
+        version = self._weights_version()
         hit = cache.get(domain)
         if self.training or hit is None or hit[0] != version:
             hit = (version, self.catalogue(domain))

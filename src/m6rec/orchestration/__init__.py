@@ -15,6 +15,7 @@ from m6rec.orchestration.graph import stage_graph
 from m6rec.orchestration.raw_data import DATA_ERROR_EXIT_CODE, DatasetState, check_raw_data, dataset_state, dvc_status
 from m6rec.orchestration.tasks import (
     BIN_DIR_ENV,
+    PREFLIGHT_STAGE,
     PROJECT_DIR_ENV,
     SKIP_EXIT_CODE,
     AirflowParams,
@@ -32,7 +33,8 @@ from m6rec.orchestration.tasks import (
 )
 
 __all__ = [
-    "ALLOW_MISSING_BENTOFILE_ENV", "BIN_DIR_ENV", "DATA_ERROR_EXIT_CODE", "FAILURE_LOG_ENV", "PROJECT_DIR_ENV",
+    "ALLOW_MISSING_BENTOFILE_ENV", "BIN_DIR_ENV", "DATA_ERROR_EXIT_CODE", "FAILURE_LOG_ENV", "PREFLIGHT_STAGE",
+    "PROJECT_DIR_ENV",
     "SKIP_EXIT_CODE", "AirflowParams", "DatasetState", "FailureRecorder", "OrchestrationError",
     "bin_dir", "build_bento", "check_raw_data", "dataset_state", "default_args", "dvc_repro", "dvc_status",
     "failure_record", "load_airflow_params", "main", "missing_gate", "project_dir", "shell",

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 # The comparison itself is shared with the `prepare` stage (plain `dvc repro` refuses the same data).
-from m6rec.data.raw_check import DatasetState, dataset_state
+from m6rec.data.raw_check import DatasetState, dataset_state  # noqa: F401 (re-exported by the package)
 from m6rec.data.raw_check import modified_message as _modified_message
-from m6rec.orchestration.tasks import SKIP_EXIT_CODE, OrchestrationError, tool
+from m6rec.orchestration.tasks import PREFLIGHT_STAGE, SKIP_EXIT_CODE, OrchestrationError, tool
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def check_raw_data(params_path: str | Path, mirror: Path | None, offline: bool,
         changed = True
         log.warning("no data.dvc: raw data is not tracked yet (`dvc add %s`)", cfg.raw_dir)
     stale = dvc_status()
+    stale.pop(PREFLIGHT_STAGE, None)  # always_changed: it runs every time and says nothing about the data
     log.info("stages to rerun: %s", ", ".join(sorted(stale)) or "none (pipeline up to date)")
     if skip_if_up_to_date and not changed and not stale:
         log.info("nothing changed and every stage is up to date: skipping this run")

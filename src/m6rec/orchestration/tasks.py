@@ -15,6 +15,7 @@ from m6rec.orchestration.failures import FailureRecorder
 
 PROJECT_DIR_ENV = "M6REC_PROJECT_DIR"  # project checkout the tasks run in (default: the DAG file's repo root)
 BIN_DIR_ENV = "M6REC_BIN_DIR"  # folder holding the project's python, dvc and bentoml (default: sys.executable's)
+PREFLIGHT_STAGE = "preflight"  # dvc stage checking the MLflow store: the pipeline DAG's first task, not in the graph
 SKIP_EXIT_CODE = 99  # BashOperator's default skip_on_exit_code: the task ends "skipped", downstream tasks skip too
 
 

@@ -1,17 +1,24 @@
 """Writing and reading a serving bundle folder (the format is :mod:`m6rec.serving.bundle`'s docstring).
 
 ``export_bundle`` writes a folder atomically; ``read_meta`` reads its ``bundle.json`` (cheap, no arrays);
-``load_bundle`` loads the arrays and checks them against ``bundle.json``. Format versions 1 (dot products only) and
-2 (optional history scorer) are read.
+``load_bundle`` loads the arrays and checks them against ``bundle.json``; ``content_hash`` is the sha256 recorded
+at registration and checked before serving. Format versions 1 (dot products only) and 2 (optional history scorer)
+are read.
+
+A bundle may come from a registry, so nothing in it is trusted: arrays load with ``allow_pickle=False``, domain
+names from ``bundle.json`` must be plain folder names that resolve inside the bundle folder (no ``../outside``, no
+symlink out), and a truncated or corrupt file is a :class:`BundleError` naming it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,23 +116,83 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+HASH_PREFIX = "sha256:"
+HASH_TAG = "bundle.sha256"  # the registered model version tag holding content_hash() of its bundle
+_UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError)  # what numpy/scipy raise on bad bytes
+
+
+def domain_folder(path: str | Path, name: str) -> Path:
+    """The folder of domain ``name`` inside bundle ``path``; a name that is not a plain folder name, or that
+    resolves outside the bundle (``..``, a symlink), is a :class:`BundleError`."""
+    root = Path(path).resolve()
+    if not isinstance(name, str) or not DOMAIN_NAME.match(name) or name in (".", ".."):
+        raise BundleError(f"bundle {path}: domain name {name!r} is not a plain folder name")
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise BundleError(f"bundle {path}: domain {name!r} resolves to {folder}, outside the bundle folder")
+    return folder
+
+
+def _inside(file: Path, root: Path) -> Path:
+    if file.is_symlink() and not file.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"bundle file {file} links outside the bundle folder")
+    if not file.is_file():
+        raise BundleError(f"bundle file missing: {file}")
+    return file
+
+
+def content_hash(path: str | Path) -> str:
+    """``sha256:<hex>`` over the bundle's files: ``bundle.json`` and every file of each domain it lists, in sorted
+    path order, each as (relative path, size, bytes). Files outside those (e.g. MLflow's ``MLmodel``) are not
+    part of the bundle and not hashed; a listed domain folder that is missing is a :class:`BundleError`."""
+    root = Path(path).resolve()
+    meta = read_meta(root)
+    files = [root / META_FILE]
+    for name in meta.get("domains", {}):
+        folder = domain_folder(root, name)
+        if not folder.is_dir():
+            raise BundleError(f"bundle {root}: domain folder {name}/ is missing")
+        files += [_inside(f, root) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        rel = file.relative_to(root).as_posix().encode("utf-8")
+        digest.update(len(rel).to_bytes(4, "big") + rel + file.stat().st_size.to_bytes(8, "big"))
+        with file.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return HASH_PREFIX + digest.hexdigest()
+
+
 def _load_array(file: Path) -> np.ndarray:
     if not file.is_file():
         raise BundleError(f"bundle file missing: {file}")
-    return np.load(file, allow_pickle=False)
+    try:
+        return np.load(file, allow_pickle=False)
+    except _UNREADABLE as exc:  # allow_pickle refusals included: an object array is not bundle data
+        raise BundleError(f"bundle file {file} is unreadable (truncated or not a plain array): {exc}") from exc
 
 
 def _load_csr(file: Path) -> sp.csr_matrix:
     if not file.is_file():
         raise BundleError(f"bundle file missing: {file}")
-    return sp.load_npz(file).tocsr()
+    try:
+        return sp.load_npz(file).tocsr()
+    except _UNREADABLE as exc:
+        raise BundleError(f"bundle file {file} is unreadable (truncated or corrupt): {exc}") from exc
+
+
+def _load_npz(file: Path) -> dict[str, np.ndarray]:
+    if not file.is_file():
+        raise BundleError(f"bundle file missing: {file}")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except _UNREADABLE as exc:
+        raise BundleError(f"bundle file {file} is unreadable (truncated or not plain arrays): {exc}") from exc
 
 
 def _load_scorer(file: Path, config: dict[str, Any]) -> HistoryScorer:
-    if not file.is_file():
-        raise BundleError(f"bundle file missing: {file}")
-    with np.load(file, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    arrays = _load_npz(file)
     if "history" not in arrays:
         raise BundleError(f"{file} has no 'history' array")
     history = arrays.pop("history")
@@ -144,19 +211,23 @@ def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundl
         raise BundleError(f"bundle {path} has no domain(s) {unknown}; it has {sorted(listed)}")
     out: dict[str, DomainBundle] = {}
     for name in wanted:
-        folder = path / name
-        ids_file = folder / "ids.json"
-        if not ids_file.is_file():
-            raise BundleError(f"bundle file missing: {ids_file}")
-        ids = json.loads(ids_file.read_text(encoding="utf-8"))
-        projection = None
-        if (folder / "text_projection.npz").is_file():
-            with np.load(folder / "text_projection.npz", allow_pickle=False) as npz:
-                projection = TextProjection(weight=npz["weight"].astype(np.float32),
-                                            bias=npz["bias"].astype(np.float32))
-        text_file = folder / "item_text_vectors.npy"
+        folder = domain_folder(path, name)
         want = listed[name]
         try:
+            for file in folder.iterdir() if folder.is_dir() else ():
+                if file.is_symlink():
+                    _inside(file, path)
+            ids_file = _inside(folder / "ids.json", path)
+            try:
+                ids = json.loads(ids_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BundleError(f"bundle file {ids_file} is unreadable: {exc}") from exc
+            projection = None
+            if (folder / "text_projection.npz").is_file():
+                npz = _load_npz(_inside(folder / "text_projection.npz", path))
+                projection = TextProjection(weight=npz["weight"].astype(np.float32),
+                                            bias=npz["bias"].astype(np.float32))
+            text_file = folder / "item_text_vectors.npy"
             scorer = None
             if want.get("scorer", "dot") == "history":
                 scorer = _load_scorer(folder / "history_scorer.npz", want.get("history_scorer") or {})

@@ -12,6 +12,17 @@ Settings are resolved once, at start-up, by :func:`serve_settings`: the ``serve`
 ``M6REC_PARAMS`` (default ``params.yaml``, skipped when absent, e.g. in a container) with the env overrides
 ``M6REC_MAX_K``, ``M6REC_MAX_BATCH`` and ``M6REC_PRELOAD_ENCODER``; the tracking section is handed to
 ``m6rec.tracking`` explicitly.
+
+Start-up refuses, with one line naming the fault, rather than serving something unverified: the store must exist
+and answer (``tracking.check_store``; a missing ``mlflow.db`` is not created), the alias must resolve, the version
+must carry the ``bundle.sha256`` tag written at registration and what was downloaded must hash to it
+(``bundle_io.content_hash``), and the bundle must load with consistent shapes. The service runs this check once
+before its workers start (:func:`check_served_model`), so a fault ends ``bentoml serve`` instead of a crash loop.
+
+Downloads go to a cache folder per version, ``<serve.cache_dir>/<name>-v<version>-<hash prefix>`` (default
+``<tmp>/m6rec-models-<uid>``), written atomically and reused by every later start and worker; a cached copy that no
+longer matches its hash is downloaded again. A URI that is not a registry version is downloaded to a temporary
+folder that is removed once loaded (the arrays are read into memory).
 """
 
 from __future__ import annotations
@@ -19,14 +30,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m6rec.config import ConfigError, TrackingParams, load_params, section
-from m6rec.serving.bundle import Bundle
-from m6rec.serving.bundle_io import load_bundle
+from m6rec.serving.bundle import Bundle, BundleError
+from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +53,7 @@ class ServeParams:
     torch_threads: int = 1  # intra-op threads per worker (requests are small; parallelism comes from workers)
     max_batch: int = 64  # most concurrent recommend requests scored together; 1 = no batching (M6REC_MAX_BATCH)
     preload_encoder: bool = False  # load the sentence encoder at start-up instead of on the first text query
-    cache_dir: str = ""  # where MLflow models are downloaded; "" = a fresh temporary folder
+    cache_dir: str = ""  # MLflow downloads, one folder per version, reused; "" = <tmp>/m6rec-models-<uid>
     # Largest request body (bytes); above it HTTP 413 before the body is read. 1 MiB holds max_history = 1000 ids
     # of the full 256 characters plus a 2,000-character text four times over (whitespace, escapes).
     max_body_bytes: int = 1_048_576
@@ -51,6 +63,10 @@ class ServeParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"serve.{name} must be a positive integer, got {value!r}")
+
+
+class StartupError(RuntimeError):
+    """What the service was asked to serve cannot be served as it is (the message names the fault)."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,71 @@ def serve_settings(env: dict[str, str] | None = None) -> tuple[ServeParams, Trac
     return (dataclasses.replace(cfg, **overrides) if overrides else cfg), store
 
 
+def cache_root(cfg: ServeParams) -> Path:
+    """Where registry versions are cached: ``serve.cache_dir``, else a per-user folder in the temp dir."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(tempfile.gettempdir()) / f"m6rec-models-{os.getuid()}"
+
+
+def _bundle_root(folder: Path) -> Path:
+    """The bundle inside a downloaded model folder (MLflow puts the artifacts at its top)."""
+    if (folder / "bundle.json").is_file():
+        return folder
+    inner = [p for p in folder.iterdir() if (p / "bundle.json").is_file()] if folder.is_dir() else []
+    if len(inner) != 1:
+        raise StartupError(f"downloaded model folder {folder} holds no serving bundle (no bundle.json)")
+    return inner[0]
+
+
+def _download(tracking, uri: str, entry: Path, settings: TrackingParams) -> Path:
+    """Download ``uri`` into cache folder ``entry`` atomically (a partial download never becomes the entry)."""
+    entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        rel = tracking.download_model(uri, tmp, settings=settings).resolve().relative_to(tmp.resolve())
+        if entry.exists():  # stale: moved aside first, so the swap below is one rename
+            stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
+            os.replace(entry, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process (a worker, a parallel start) put the same entry in place first
+            log.info("%s appeared meanwhile: using it", entry)
+        return entry / rel
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verified_copy(tracking, info, cfg: ServeParams, settings: TrackingParams) -> Path:
+    """The cached bundle of registry version ``info``, downloaded if absent or stale, checked against its tag."""
+    expected = info.tags.get(HASH_TAG)
+    if not expected:
+        raise StartupError(f"{info.uri} has no '{HASH_TAG}' tag: it was registered without a content hash, so what "
+                           f"is served cannot be verified; register it again (m6rec.stages.register)")
+    # The hash is in the name: versions of different stores never share an entry, equal content may.
+    entry = cache_root(cfg) / f"{info.name}-v{info.version}-{expected.removeprefix('sha256:')[:16]}"
+    if entry.is_dir():
+        try:
+            local = _bundle_root(entry)
+            if content_hash(local) == expected:
+                log.info("%s: cached copy %s verified", info.uri, local)
+                return local
+        except (StartupError, BundleError, OSError) as exc:
+            log.warning("%s: cached copy %s unusable (%s)", info.uri, entry, exc)
+        log.warning("%s: cached copy %s does not match its registered hash: downloading again", info.uri, entry)
+    local = _bundle_root(_download(tracking, info.uri, entry, settings))
+    got = content_hash(local)
+    if got != expected:
+        raise StartupError(f"{info.uri}: the downloaded bundle hashes to {got} but version {info.version} was "
+                           f"registered as {expected}: its artifacts were changed or replaced; refusing to serve")
+    return local
+
+
 def load_served_model(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
-    """Load the bundle named by ``cfg`` (a folder, or an MLflow model URI in the store of ``settings``)."""
+    """Load the bundle named by ``cfg`` (a folder, or an MLflow model URI in the store of ``settings``), verified
+    as the module docstring says; any fault raises with a message naming it."""
     if cfg.bundle_dir:
         path = Path(cfg.bundle_dir)
         log.info("serving bundle folder %s", path)
@@ -101,13 +180,31 @@ def load_served_model(cfg: ServeParams, settings: TrackingParams) -> ServedModel
 
     from m6rec import tracking  # imports mlflow lazily; only needed on this path
 
+    tracking.check_store(settings, must_exist=True)  # before mlflow, which would create an empty sqlite store
     info = tracking.resolve_model_uri(cfg.model_uri, settings=settings)
-    uri = info.uri if info is not None else cfg.model_uri  # pin the alias to one version
-    dst = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.mkdtemp(prefix="m6rec-model-"))
-    if cfg.cache_dir and info is not None:
-        dst = dst / f"{info.name}-v{info.version}"
-    local = tracking.download_model(uri, dst, settings=settings)
-    log.info("serving %s (%s) from %s", cfg.model_uri, uri, tracking.tracking_uri(settings))
-    return ServedModel(bundle=load_bundle(local), source=uri,
-                       version=info.version if info is not None else None,
-                       aliases=info.aliases if info is not None else ())
+    if info is None:  # not a registry version (runs:/, models:/m-...): nothing recorded to verify against
+        log.warning("%s is not a registered version: served without a content-hash check", cfg.model_uri)
+        tmp = Path(tempfile.mkdtemp(prefix="m6rec-model-"))
+        try:
+            bundle = load_bundle(_bundle_root(tracking.download_model(cfg.model_uri, tmp, settings=settings)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return ServedModel(bundle=bundle, source=cfg.model_uri, version=None)
+    local = _verified_copy(tracking, info, cfg, settings)
+    log.info("serving %s (%s, %s) from %s", cfg.model_uri, info.uri, info.tags[HASH_TAG], tracking.tracking_uri(settings))
+    return ServedModel(bundle=load_bundle(local), source=info.uri, version=info.version, aliases=info.aliases)
+
+
+def check_served_model(env: dict[str, str] | None = None) -> str:
+    """Verify and cache what the service would serve, before any worker starts; returns the pinned source.
+
+    A registry alias is pinned to the version verified here (``M6REC_MODEL_URI`` in ``env``, default
+    ``os.environ``, which the workers inherit), so every worker serves exactly this version from the cache.
+    Raises on any fault (see the module docstring).
+    """
+    target = os.environ if env is None else env
+    cfg, store = serve_settings(dict(target))
+    served = load_served_model(cfg, store)
+    if served.version is not None:
+        target["M6REC_MODEL_URI"] = served.source
+    return served.source

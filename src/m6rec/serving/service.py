@@ -16,6 +16,7 @@ Worker count and access logs are BentoML config, e.g.
 """
 
 import gc
+import logging
 from typing import Annotated, Any
 
 import bentoml
@@ -27,10 +28,13 @@ with bentoml.importing():
 
     from m6rec.serving import limits, timeout
     from m6rec.serving.batching import MicroBatcher
-    from m6rec.serving.loader import load_served_model, serve_settings
+    from m6rec.serving.loader import check_served_model, load_served_model, serve_settings
     from m6rec.serving.openapi import ErrorResponse, openapi_document, serve_limit
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
 
+
+log = logging.getLogger("m6rec.serving")
+STARTUP_FAILURE_EXIT = 3  # `bentoml serve` exit status when the model cannot be served
 
 timeout.install()  # BentoML's own request timeout keeps every request alive for 30 s (see m6rec.serving.timeout)
 limits.install_error_logging()  # a client's 400 is one INFO line, not an ERROR with a traceback
@@ -186,6 +190,20 @@ def _client_error(endpoint: str, exc: RequestError) -> JSONResponse:
 @bentoml.service(name="m6rec", http={"host": "127.0.0.1", "port": 3000}, traffic={"timeout": 30}, workers=1)
 class M6RecService:
     """Loads the bundle once; each endpoint validates its request and calls the Recommender."""
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Once, in the server process, before any worker starts (BentoML's deployment hook): verify and cache the
+        model. A fault raised in a worker's ``__init__`` only makes circus restart the worker for minutes; raised
+        here it ends ``bentoml serve`` with one line naming it and exit status 3."""
+        try:
+            source = check_served_model()
+        except Exception as exc:  # any fault: the one line says what it was
+            if not logging.getLogger().handlers:  # the CLI process has no m6rec logging set up
+                logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            log.critical("m6rec cannot serve: %s: %s", type(exc).__name__, exc)
+            raise SystemExit(STARTUP_FAILURE_EXIT) from None
+        log.info("m6rec start-up check passed: serving %s", source)
 
     def __init__(self) -> None:
         cfg, store = serve_settings()

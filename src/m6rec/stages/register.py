@@ -19,7 +19,13 @@ registry and evaluated on the current data through the shared protocol (:class:`
 bundle's own scores, users and items matched to the current data by raw id, ids the bundle lacks score 0). A domain
 a bundle does not serve counts as 0. Figures and decision: :mod:`m6rec.promotion`.
 
-Writes ``report`` (reports/promotion.json: decision, both figures, versions) and logs it to the MLflow run.
+Before any evaluation the store is checked (:func:`m6rec.decision_log.check_registry`: reachable, and present with
+the model wherever ``decision_log`` records a champion there, unless ``init_registry``), so a dead server or a lost
+registry fails in seconds and promotes nothing. Each version is tagged ``bundle.sha256``
+(:func:`m6rec.serving.bundle_io.content_hash`), which the service checks before serving it.
+
+Writes ``report`` (reports/promotion.json: decision, both figures, versions), logs it to the MLflow run, and
+appends the decision to ``decision_log`` (reports/promotions.jsonl, which DVC never removes).
 """
 
 from __future__ import annotations
@@ -31,17 +37,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from m6rec import tracking
+from m6rec import decision_log, tracking
 from m6rec.config import ConfigError, ProtocolParams, RegisterParams, TrackingParams, section
 from m6rec.data.dataset import Prepared, load_prepared
 from m6rec.promotion import Candidate, Figure, bundle_figure, candidate_report, checks_passed, decide, recorded_figure
-from m6rec.serving.bundle_io import load_bundle, read_meta
+from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle, read_meta
 from m6rec.stage_io import stage_params, tracking_settings, write_text
 
 log = logging.getLogger(__name__)
 
 TAG_METRIC, TAG_VALUE, TAG_DOMAINS, TAG_DATA = ("register.metric", "register.metric_value", "register.domains",
                                                "register.data_version")
+TAG_HASH = HASH_TAG  # content hash of the registered bundle files; the service refuses a mismatch
 
 
 def _champion_figure(champion: tracking.ModelVersionInfo, prepared_dir: Path, metric: str, domains: list[str],
@@ -71,6 +78,7 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
     """Register every candidate, apply the gate, move ``@champion`` if it passes; returns the report."""
     if not cfg.candidates:
         raise ConfigError("register.candidates is empty: nothing to register")
+    store = decision_log.check_registry(cfg, settings)  # seconds, before minutes of evaluation
     data_dir = Path(cfg.data_dir)
     data_ver = tracking.data_version(paths=[cfg.data_dir])
     data_ok, data_note = checks_passed(summary_path)
@@ -102,7 +110,7 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
             version = tracking.register_model(cand.model_uri, cfg.model_name, tags={
                 TAG_METRIC: cfg.metric, TAG_VALUE: repr(cand.figure.value), TAG_DOMAINS: ",".join(domains),
                 TAG_DATA: data_ver, "register.per_domain": json.dumps(cand.figure.per_domain),
-                "model": cand.model, "bundle": cand.bundle_dir,
+                "model": cand.model, "bundle": cand.bundle_dir, TAG_HASH: content_hash(cand.bundle_dir),
             }, settings=settings)
             cand.version = version.version
         best = max(candidates, key=lambda x: x.figure.value)
@@ -130,6 +138,11 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
             "candidates": [candidate_report(c) for c in candidates],
         }
         report_path = write_text(cfg.report, json.dumps(report, indent=2) + "\n")
+        decision_log.append(cfg.decision_log, {
+            "store": store, "model_name": cfg.model_name, "decision": report["decision"],
+            "reason": report["reason"], "candidate": {k: report["candidate"][k] for k in ("model", "version", "value")},
+            "champion_before": champion.version if champion else None, "champion_after": report["champion_after"],
+            "metric": cfg.metric, "data_version": data_ver})
         tracking.log_metrics({"candidate": best.figure.value, "promoted": float(decision.promote),
                               **({"champion": champ_fig.value} if champ_fig else {})})
         tracking.set_tags({"decision": report["decision"], "champion_version": report["champion_after"] or ""})
@@ -144,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = section(params, "register", RegisterParams)
     protocol = section(params, "protocol", ProtocolParams) if "protocol" in params else ProtocolParams()
     report_dir = Path((params.get("validate") or {}).get("report_dir") or "reports/validation")
-    run(cfg, report_dir / "summary.json", settings=tracking_settings(params), protocol=protocol)
+    settings = tracking_settings(params)
+    try:
+        run(cfg, report_dir / "summary.json", settings=settings, protocol=protocol)
+    except (decision_log.RegistryError, tracking.StoreError) as exc:
+        decision_log.append(cfg.decision_log, {"store": tracking.tracking_uri(settings), "model_name": cfg.model_name,
+                                               "decision": "refused", "reason": str(exc), "champion_after": None})
+        log.error("register refused, nothing promoted: %s", exc)
+        return 1
     return 0
 
 
