@@ -36,10 +36,6 @@ def attention_domain(prepared: Prepared, model: MultiTaskRecommender, data: Doma
     return domain_bundle(model.export(data.name), data, raw_user_ids(prepared, data.name))
 
 
-def attention_export(model: MultiTaskRecommender, domain: str) -> HistoryExport:
-    return model.export(domain)
-
-
 def gathered_export(model: MultiTaskRecommender, domain: str) -> HistoryExport:
     """The arrays a history bundle needs, read off the model's parts (catalogue, encoder, the domain's table)."""
     k = model.domain_index(domain)

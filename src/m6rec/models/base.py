@@ -16,7 +16,7 @@ Models own their maths (losses, scores, calibration, top-k); no model reads file
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -54,7 +54,6 @@ class HistoryExport:
     weights: dict[str, np.ndarray]
     recency: np.ndarray | None = None
     item_text_vectors: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     kind = "history"
 
