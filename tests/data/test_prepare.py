@@ -153,3 +153,54 @@ def test_repeated_pairs_keep_the_latest(raw_dir: Path):
     iid = np.flatnonzero(tables.items["raw_item"] == first["raw_item"].item())[0]
     row = tables.interactions[(tables.interactions["user"] == uid) & (tables.interactions["item"] == iid)]
     assert row["value"].item() == first["value"].item()
+
+
+def test_leave_one_out_reproduces_unisrec_split_on_amazon_scientific(raw_dir: Path):
+    """split: leave_one_out puts each user's last item in test and the one before in validation: on the UniSRec
+    files that is exactly their own test.inter / valid.inter targets, and nothing leaks."""
+    from dataclasses import replace
+
+    from tests.data_fixtures import mirror_dir
+
+    inter, items = parse("amazon_unisrec", raw_dir / "amazon-scientific")
+    folder = mirror_dir() / "amazon-scientific"  # the reference valid/test files (the parser needs only test.inter)
+    spec = replace(REGISTRY["amazon-scientific"], split="leave_one_out")
+    tables = canonicalise(spec, inter, items, SplitParams(min_user_interactions=3, cold_item_frac=0.0))
+    out = tables.interactions
+    raw_user = tables.users.set_index("user")["raw_user"]
+    raw_item = tables.items.set_index("item")["raw_item"]
+    index_to_asin = pd.read_csv(folder / "Scientific.item2index", sep="\t", header=None, names=["asin", "idx"],
+                                dtype=str).set_index("idx")["asin"]
+    index_to_user = pd.read_csv(folder / "Scientific.user2index", sep="\t", header=None, names=["uid", "idx"],
+                                dtype=str).set_index("idx")["uid"]
+    for split, file in (("test", "Scientific.test.inter"), ("valid", "Scientific.valid.inter")):
+        rows = out[out["split"] == split]
+        assert rows.groupby("user").size().eq(1).all()  # exactly one item per user
+        ours = set(zip(raw_user[rows["user"]].to_numpy(), raw_item[rows["item"]].to_numpy()))
+        ref = pd.read_csv(folder / file, sep="\t", dtype=str)
+        theirs = set(zip(index_to_user[ref["user_id:token"]].to_numpy(), index_to_asin[ref["item_id:token"]].to_numpy()))
+        # users who bought an item twice keep its latest purchase only (dedup), which shifts their targets
+        repeat = set(inter.loc[inter.duplicated(["raw_user", "raw_item"]), "raw_user"])
+        assert 0 < len(repeat) < 0.05 * len(tables.users)
+        assert {p for p in ours if p[0] not in repeat} == {p for p in theirs if p[0] not in repeat}
+    # every user with >= 3 interactions (after dedup) is split; test is the latest item, valid the one before
+    sizes = out.groupby("user").size()
+    split_users = set(sizes[sizes >= 3].index)
+    assert len(split_users) > 0.99 * len(tables.users)
+    assert set(out.loc[out["split"] == "test", "user"]) == split_users
+    from m6rec.data.splits import leakage_report
+
+    assert not any(leakage_report(out).values())
+    last2 = out[out["user"].isin(split_users)].sort_values(["user", "ts"]).groupby("user")["split"].apply(
+        lambda s: tuple(s.iloc[-2:]))
+    assert (last2 == ("valid", "test")).all()
+
+
+def test_leave_one_out_keeps_short_users_in_train():
+    from m6rec.data.splits import per_user_split
+
+    users = np.array([0, 0, 0, 0, 1, 1])
+    ts = np.array([3, 1, 4, 2, 1, 2])
+    labels = per_user_split(users, ts, "leave_one_out", test_frac=0.2, valid_frac=0.1, min_user_interactions=3,
+                            seed=0)
+    assert list(labels) == ["valid", "train", "test", "train", "train", "train"]

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from m6rec.data.splits import SPLIT_METHODS
+
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "M6REC_DATA_MIRROR"
@@ -59,7 +61,7 @@ def load_registry(path: str | Path) -> dict[str, DatasetSpec]:
             raise DataSourceError(f"{path}: dataset '{name}' has a bad entry: {exc}") from exc
         if specs[name].feedback not in ("explicit", "implicit_count", "implied"):
             raise DataSourceError(f"{path}: dataset '{name}': unknown feedback '{specs[name].feedback}'")
-        if specs[name].split not in ("chronological", "random", "fixed"):
+        if specs[name].split not in SPLIT_METHODS:
             raise DataSourceError(f"{path}: dataset '{name}': unknown split '{specs[name].split}'")
     return specs
 

@@ -8,6 +8,9 @@ Protocol (per domain):
      them to validation (each at least one interaction once the user has `min_user_interactions`; users with fewer
      keep everything in train). Nothing a user did later is ever trained on to predict something earlier.
    - "random": the same fractions, drawn at random per user (seeded), for data with no time or order (Last.fm).
+   - "leave_one_out": chronological as above, but exactly the last interaction goes to test and the one before it
+     to validation (users with at least `min_user_interactions`; the fractions are not used). This is the protocol
+     of the sequential-recommendation literature (SASRec, UniSRec), so figures compare with their tables.
    - "fixed": the source's own train/test split is kept; validation is a seeded random `valid_frac` of each
      user's training interactions (Gowalla benchmark).
 """
@@ -16,6 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+
+SPLIT_METHODS = ("chronological", "leave_one_out", "random", "fixed")
+ORDERED_SPLITS = ("chronological", "leave_one_out")  # methods whose test is later than training (checked for leaks)
 
 
 class SplitError(ValueError):
@@ -54,7 +61,7 @@ def per_user_split(
     if min_user_interactions < 3:
         raise SplitError("min_user_interactions must be >= 3 so every split user keeps a training interaction")
     n_rows = len(users)
-    if method == "chronological":
+    if method in ("chronological", "leave_one_out"):
         key = ts
     elif method == "random":
         key = np.random.default_rng(seed).random(n_rows)
@@ -67,7 +74,12 @@ def per_user_split(
     counts = np.diff(np.r_[starts, n_rows])
     rank = np.arange(n_rows) - np.repeat(starts, counts)
     from_end = np.repeat(counts, counts) - 1 - rank
-    n_test, n_valid = _tail_counts(counts, test_frac, valid_frac, min_user_interactions)
+    if method == "leave_one_out":
+        eligible = counts >= min_user_interactions
+        n_test = eligible.astype(np.int64)
+        n_valid = (eligible & (valid_frac > 0)).astype(np.int64)
+    else:
+        n_test, n_valid = _tail_counts(counts, test_frac, valid_frac, min_user_interactions)
     nt, nv = np.repeat(n_test, counts), np.repeat(n_valid, counts)
     labels_sorted = np.where(from_end < nt, "test", np.where(from_end < nt + nv, "valid", "train"))
     labels = np.empty(n_rows, dtype=object)
