@@ -133,7 +133,8 @@ def _round_trip():
 
     yml = YAML()  # round-trip mode: comments, order and layout of the hand-written files are kept
     yml.preserve_quotes = True
-    yml.width = 120
+    yml.width = 4096  # never fold the registry's long URLs
+    yml.indent(mapping=2, sequence=4, offset=2)  # the files' own style: `key:` then `  - item` two deeper
     return yml
 
 
@@ -151,7 +152,10 @@ def write_registry(registry_path: Path, name: str, entry: dict[str, Any], replac
 
 
 def write_params(params_path: Path, name: str, roles: dict[str, bool], scale: list[float] | None) -> None:
-    """Add `name` to the top-level ``domains`` (and its rating scale to ``validate.rating_scales``)."""
+    """Add `name` to the top-level ``domains`` (and its rating scale to ``validate.rating_scales``).
+
+    A pretraining source goes before the first domain that is not one: the graph stage's graph spans the prepared
+    domains up to its last source (m6rec.graph.build), so a source after Gowalla would drag its 41k items in."""
     from ruamel.yaml.comments import CommentedMap
 
     yml = _round_trip()
@@ -160,7 +164,14 @@ def write_params(params_path: Path, name: str, roles: dict[str, bool], scale: li
         raise DataSourceError(f"{params_path} has no top-level `domains` list to add {name!r} to")
     flow = CommentedMap(roles)
     flow.fa.set_flow_style()
-    doc["domains"][name] = flow
+    domains = doc["domains"]
+    if name in domains:
+        del domains[name]
+    position = len(domains)
+    if roles.get("pretrain", True):  # before the first non-source, so the graph stays a prefix of the prepared data
+        position = next((i for i, (_, r) in enumerate(domains.items()) if (r or {}).get("pretrain") is False),
+                        position)
+    domains.insert(position, name, flow)
     if scale is not None and "validate" in doc:
         scales = doc["validate"].setdefault("rating_scales", CommentedMap())
         seq = list(scale)
