@@ -124,3 +124,24 @@ def test_add_domain_names_a_wrong_column_and_writes_nothing(project: Path):
     assert res.returncode == 2 and "no column 'sku' (the registry's columns.item)" in res.stderr
     assert (project / "config" / "datasets.yaml").read_bytes() == registry_before
     assert (project / "params.yaml").read_bytes() == params_before
+
+
+@pytest.mark.slow
+def test_add_domain_run_reproduces_the_data_stages(tiny_project_copy):
+    """The user's path end to end in a real DVC project: add-domain --run, then nothing left to do for those stages."""
+    from tests.conftest import VENV_BIN, run_in, tiny_env
+
+    project = tiny_project_copy("own-data")
+    ratings, movies, kept = csv_sample(project / "mydata", n_users=80)
+    env = dict(tiny_env(project), PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    run_in(project, sys.executable, "-m", "m6rec", "add-domain", "shop", "--path", "mydata/ratings.csv",
+           "--user-col", "customer", "--item-col", "product", "--rating-col", "stars", "--time-col", "when",
+           "--item-file", "mydata/movies.csv", "--title-col", "name", "--text-col", "genres", "--run", env=env,
+           timeout=900)
+    meta = json.loads((project / "data" / "validated" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["domains"][-1] == "shop" and meta["per_domain"]["shop"]["n_raw_interactions"] == len(kept)
+    embedded = json.loads((project / "data" / "embeddings" / "meta.json").read_text(encoding="utf-8"))
+    assert embedded["domains"] == meta["domains"]
+    status = run_in(project, str(VENV_BIN / "dvc"), "status", "data.dvc", "prepare", "validate", "text_embeddings",
+                    env=env).stdout
+    assert "up to date" in status, status
