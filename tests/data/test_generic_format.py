@@ -109,3 +109,19 @@ def test_local_source_is_copied_and_recopied_when_it_changes(tmp_path: Path):
     ratings.write_text(ratings.read_text(encoding="utf-8") + "c1,1,4.0,2001-01-01 00:00:00\n", encoding="utf-8")
     assert fetch_dataset(spec, raw, None, offline=True).startswith("local")  # the user's file changed
     assert (raw / "shop" / "ratings.csv").read_bytes() == ratings.read_bytes()
+
+
+def test_tsv_with_byte_order_mark_and_unix_seconds(tmp_path: Path):
+    _, _, kept = csv_sample(tmp_path / "src", n_users=20)
+    folder = tmp_path / "tsv"
+    folder.mkdir()
+    lines = ["uid\tiid\tts"] + [f"{u}\t{i}\t{t}" for u, i, t in kept[["userId", "movieId", "timestamp"]]
+                                .itertuples(index=False)]
+    (folder / "events.tsv").write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # as Excel saves it
+    spec = registry(tmp_path, {"ev": {"parser": "csv", "domain": "movies", "feedback": "implied",
+                                      "split": "chronological", "has_text": False, "path": str(folder),
+                                      "interactions": "events.tsv",
+                                      "columns": {"user": "uid", "item": "iid", "timestamp": "ts"}}})["ev"]
+    inter, _ = parse_dataset(spec, folder)
+    assert inter["raw_user"].tolist() == kept["userId"].astype(str).tolist()
+    np.testing.assert_array_equal(inter["ts"].to_numpy(), kept["timestamp"].to_numpy())

@@ -254,7 +254,7 @@ def _timestamps(values: pd.Series, path: Path, column: str, kind: str) -> np.nda
     if kind == "order":
         bad = values[numeric.isna()].head(3).tolist()
         raise ParseError(f"{path}: column {column!r} (ts_kind order) holds non-numbers, e.g. {bad}")
-    parsed = pd.to_datetime(values, errors="coerce", utc=True)
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
     if parsed.isna().any():
         bad = values[parsed.isna()].head(3).tolist()
         raise ParseError(f"{path}: column {column!r} (the registry's columns.timestamp) holds values that are "
@@ -317,21 +317,21 @@ def csv_table(folder: Path, spec) -> Parsed:
     """A CSV/TSV interactions file (and optional item file) described by the registry entry's column mapping."""
     path = folder / spec.interactions
     frame = _read_csv(path, sep=_separator(spec.interactions, spec.sep), dtype=str, keep_default_na=False,
-                      encoding="utf-8")
+                      encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the first column
     inter = _interactions(frame, dict(spec.columns), path, spec.ts_kind)
     items = None
     item_path = None
     if spec.items:
         item_path = folder / spec.items
         items = _read_csv(item_path, sep=_separator(spec.items, spec.sep), dtype=str, keep_default_na=False,
-                          encoding="utf-8")
+                          encoding="utf-8-sig")
     item_columns = {"item": spec.columns["item"], **dict(spec.item_columns)}
     return inter, _generic_items(items, inter, item_columns, [], item_path)
 
 
 def _atomic(path: Path, sep: str | None) -> pd.DataFrame:
     """A RecBole atomic file: typed header `name:type` -> columns named `name` (types token, token_seq, float)."""
-    frame = _read_csv(path, sep=sep or "\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8")
+    frame = _read_csv(path, sep=sep or "\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8-sig")
     names, kinds = [], {}
     for col in frame.columns:
         name, _, kind = str(col).partition(":")
