@@ -2,7 +2,7 @@
 
     import m6rec
     model = m6rec.load("models/finetune/bundle")          # or "models:/m6rec@champion"
-    model.recommend("ml-100k", "1", k=5)                  # [{"item": "50", "title": "Star Wars (1977)", "score": ..}]
+    model.recommend("ml-100k", "1", k=5)                  # [{"item": ..., "title": ..., "score": ...}] best first
     model.recommend_items("ml-100k", ["50", "172"], k=5)  # an anonymous user from item ids (and/or text=...)
     model.similar_items("ml-100k", "50", k=5)
 
