@@ -72,6 +72,11 @@ class Model:
         return f"m6rec.Model(source={self.source!r}, version={self.version!r}, domains={self.domains})"
 
 
+def is_model_uri(target: str) -> bool:
+    """An MLflow model URI (``models:/...``, ``runs:/...``, ``s3://...``) rather than a bundle folder."""
+    return target.startswith(("models:/", "runs:/")) or "://" in target
+
+
 def load(path_or_uri: str | Path, max_k: int = 1000, params: str | Path | None = None) -> Model:
     """A :class:`Model` from a bundle folder or an MLflow model URI (``models:/m6rec@champion``, ``runs:/...``).
 
@@ -83,7 +88,7 @@ def load(path_or_uri: str | Path, max_k: int = 1000, params: str | Path | None =
     from m6rec.serving.recommender import Recommender
 
     target = str(path_or_uri)
-    is_uri = "://" in target or target.startswith("models:/")
+    is_uri = is_model_uri(target)
     cfg = ServeParams(model_uri=target, max_k=max_k) if is_uri else ServeParams(bundle_dir=target, max_k=max_k)
     store = TrackingParams()
     params_file = Path(params or "params.yaml")

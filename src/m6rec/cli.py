@@ -117,20 +117,24 @@ def recommend(domain: Annotated[str, typer.Option("--domain", "-d", help="domain
               model: ModelOpt = None, params: ParamsOpt = Path("params.yaml"),
               as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False) -> None:
     """Top-k items for a user (or, with --item/--text, for an anonymous user), in-process from a model."""
+    from m6rec.api import rows as ranked_rows
     from m6rec.serving.recommender import RequestError
 
     if (user is None) == (not items and not text):
         raise typer.BadParameter("give --user, or --item/--text for an anonymous user (not both)")
     _setup()
     m = _load(model, params)
+    fallback = None
     try:
-        if user is not None:
-            rows = m.recommend(domain, user, k)
+        if user is not None:  # the Recommender's answer itself, to show a popularity fallback for an unknown user
+            answer = m.recommender.recommend(domain, user, k)
+            rows, fallback = ranked_rows(answer), answer.get("fallback")
         else:
             rows = m.recommend_items(domain, items or [], k, text=text)
     except RequestError as exc:
         raise _client_error(exc) from None
-    _print(rows, as_json, {"domain": domain, "user": user, "model": m.source, "version": m.version})
+    _print(rows, as_json, {"domain": domain, "user": user, "fallback": fallback, "model": m.source,
+                           "version": m.version})
 
 
 @app.command()
@@ -161,7 +165,9 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 only 
     _setup()
     env = dict(os.environ)
     if model:
-        if "://" in model or model.startswith("models:/"):
+        from m6rec.api import is_model_uri
+
+        if is_model_uri(model):
             env["M6REC_MODEL_URI"] = model
             env.pop("M6REC_BUNDLE", None)
         else:
