@@ -25,9 +25,9 @@ TINY_DOMAINS = ["ml-latest-small", "amazon-office"]
 
 TINY_OVERRIDES: dict[str, Any] = {
     "data.datasets": TINY_DOMAINS,
-    "prepare.domains": TINY_DOMAINS,
+    # the one domain list (every stage's is resolved from it): the finetune target stays out of multi-task training
+    "domains": {"ml-latest-small": {}, "amazon-office": {"finetune": True}},
     "prepare.max_users": 30,
-    "baselines.domains": TINY_DOMAINS,
     "baselines.gfcf_k": 8,
     "baselines.mf_epochs": 2,
     "baselines.mf_eval_every": 1,
@@ -36,19 +36,16 @@ TINY_OVERRIDES: dict[str, Any] = {
     "baselines.mf_dim": 8,
     "baselines.als_dim": 4,
     "baselines.als_iterations": 2,
-    "graph.domains": TINY_DOMAINS,
     "text_embeddings.only_interacted": True,
     "pretrain.epochs": 2,
     "pretrain.eval_every": 1,
     "pretrain.embedding_dim": 16,
     "pretrain.num_layers": 2,
-    "multitask.domains": ["ml-latest-small"],  # the finetune target below stays out of multi-task training
     "multitask.train.epochs": 1,
     "multitask.max_len": 20,
     "multitask.n_interests": 2,
     "multitask.hidden": 16,
     "multitask.train.valid_users": 0,
-    "finetune.domains": ["amazon-office"],
     "finetune.fractions": [0.5, 1.0],
     "finetune.train.epochs": 1,
     "finetune.train.examples_per_user": 5,
@@ -62,9 +59,14 @@ def data_mirror() -> Path:
 
 
 def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``section.key`` or ``section.sub.key``) in params (in place), skipping sections that do
+    """Set dotted keys (``section.key`` or ``section.sub.key``; a dotless key replaces a top-level key) in params (in place), skipping sections that do
     not exist yet."""
     for dotted, value in overrides.items():
+        if "." not in dotted:  # a whole top-level key (the `domains` list)
+            if dotted not in params:
+                raise KeyError(f"tests/conftest.py TINY_OVERRIDES['{dotted}']: params.yaml has no key '{dotted}'")
+            params[dotted] = copy.deepcopy(value)
+            continue
         name, *path, key = dotted.split(".")
         if name not in params:
             continue

@@ -67,10 +67,82 @@ def build(cls: type[T], raw: dict[str, Any] | None, where: str) -> T:
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
-    """Build dataclass `cls` from `params[name]`, rejecting unknown keys."""
+    """Build dataclass `cls` from `params[name]`, rejecting unknown keys.
+
+    A stage that lists domains (:data:`STAGE_DOMAINS`) gets its ``domains`` from the top-level ``domains`` list
+    (:func:`stage_domains`) when its section does not name them itself.
+    """
     if name not in params:
         raise ConfigError(f"params.yaml has no section '{name}'")
-    return build(cls, params[name], f"section '{name}'")
+    raw = params[name]
+    if name in STAGE_DOMAINS and "domains" in params and (raw is None or isinstance(raw, dict)):
+        raw = dict(raw or {})
+        if "domains" in raw:  # an explicit stage list (an experiment): only domains the top-level list declares
+            known = [d.name for d in domain_entries(params)]
+            unknown = [d for d in raw["domains"] or () if d not in known]
+            if unknown:
+                raise ConfigError(f"params.yaml {name}.domains names {unknown}, which the top-level `domains` list "
+                                  f"does not declare; declared: {known}")
+        else:
+            raw["domains"] = list(stage_domains(params, name))
+    return build(cls, raw, f"section '{name}'")
+
+
+# ---- domains ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DomainEntry:
+    """One entry of the top-level ``domains`` list: a dataset of config/datasets.yaml and its roles."""
+
+    name: str  # dataset name in the registry
+    pretrain: bool = True  # a pretraining source: graph edges (graph, pretrain) and a multitask training domain
+    baselines: bool = True  # run by the baselines stage (false: too big for the pipeline's budget; see bench/)
+    finetune: bool = False  # a fine-tuning target: fine-tuned by finetune, kept out of multitask training
+
+
+# Which entries each stage's `domains` holds, in the list's order (prepare's order defines global id offsets).
+STAGE_DOMAINS: dict[str, Any] = {
+    "prepare": lambda d: True,
+    "baselines": lambda d: d.baselines,
+    "graph": lambda d: d.pretrain,
+    "multitask": lambda d: d.pretrain and not d.finetune,
+    "finetune": lambda d: d.finetune,
+}
+
+
+def domain_entries(params: dict[str, Any]) -> list[DomainEntry]:
+    """The top-level ``domains`` mapping (name -> roles, in order) of a params file as entries."""
+    raw = params.get("domains")
+    if raw is None:
+        raise ConfigError("params.yaml has no top-level `domains` list")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"params.yaml domains must be a non-empty mapping of dataset name -> roles "
+                          f"(e.g. `ml-100k: {{finetune: true}}`), got {raw!r}")
+    entries = []
+    for name, roles in raw.items():
+        if roles is not None and not isinstance(roles, dict):
+            raise ConfigError(f"params.yaml domains.{name} must be a mapping of roles, got {roles!r}")
+        entry = build(DomainEntry, {"name": str(name), **(roles or {})}, f"domains.{name}")
+        for flag in ("pretrain", "baselines", "finetune"):
+            if not isinstance(getattr(entry, flag), bool):
+                raise ConfigError(f"params.yaml domains.{name}.{flag} must be true or false, "
+                                  f"got {getattr(entry, flag)!r}")
+        entries.append(entry)
+    return entries
+
+
+def stage_domains(params: dict[str, Any], stage: str) -> tuple[str, ...]:
+    """The domains of `stage` (prepare, baselines, graph, multitask, finetune) resolved from ``domains``."""
+    if stage not in STAGE_DOMAINS:
+        raise ConfigError(f"no domain list for stage {stage!r}; stages with one: {sorted(STAGE_DOMAINS)}")
+    return tuple(d.name for d in domain_entries(params) if STAGE_DOMAINS[stage](d))
+
+
+def check_domain(params: dict[str, Any], name: str) -> DomainEntry:
+    """The entry of domain `name`; a ConfigError naming the declared domains when there is none."""
+    entries = {d.name: d for d in domain_entries(params)}
+    if name not in entries:
+        raise ConfigError(f"unknown domain {name!r}: params.yaml `domains` declares {list(entries)}")
+    return entries[name]
 
 
 def parse_metric(metric: str) -> tuple[str, str, tuple[int, ...]]:

@@ -1,4 +1,5 @@
-"""Get raw datasets into `<raw_dir>/<name>/`: the official source, else the local mirror (sha256-checked)."""
+"""Get raw datasets into `<raw_dir>/<name>/`: the official source, else the local mirror (sha256-checked); a
+registry entry with `path` (a local source: the user's own data) is copied from that folder instead."""
 
 from __future__ import annotations
 

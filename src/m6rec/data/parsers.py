@@ -5,6 +5,14 @@ Every parser returns
                 and for fixed-split sources a column `fixed_split` ("train" | "test");
   items:        raw_item (str), title (str), text (str), fields (dict of the raw text fields).
 Ids stay as strings here; `m6rec.data.prepare` maps them to contiguous indices.
+
+Two generic formats take their file and column names from the registry entry (:func:`parse_dataset`), so a new
+dataset in either needs no code:
+  csv:   a CSV/TSV interactions file with `columns: {user, item, rating?, timestamp?}` and an optional item file
+         with `item_columns: {item?, title?, text?}` (text: one column or a list, joined into the item's text);
+  inter: RecBole atomic files, `<name>.inter` with typed headers (`user_id:token item_id:token rating:float
+         timestamp:float`) and an optional `<name>.item` (`item_id:token` plus text fields).
+No rating column: every interaction counts 1. No timestamp: the file's row order per user (ts_kind "order").
 """
 
 from __future__ import annotations
@@ -226,6 +234,150 @@ def lightgcn_split(folder: Path) -> Parsed:
     return inter, _items_frame(rows)
 
 
+def _separator(file: str, sep: str | None) -> str:
+    if sep:
+        return sep
+    return "\t" if Path(file).suffix.lower() in (".tsv", ".tab", ".inter", ".item") else ","
+
+
+def _need(frame: pd.DataFrame, column: str, role: str, path: Path) -> pd.Series:
+    if column not in frame.columns:
+        raise ParseError(f"{path}: no column {column!r} (the registry's {role}); columns: {list(frame.columns)}")
+    return frame[column]
+
+
+def _timestamps(values: pd.Series, path: Path, column: str, kind: str) -> np.ndarray:
+    """Numbers as they are (unix seconds or an order); otherwise dates/times parsed to unix seconds (UTC)."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        return np.floor(numeric.to_numpy(dtype=np.float64)).astype(np.int64)
+    if kind == "order":
+        bad = values[numeric.isna()].head(3).tolist()
+        raise ParseError(f"{path}: column {column!r} (ts_kind order) holds non-numbers, e.g. {bad}")
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    if parsed.isna().any():
+        bad = values[parsed.isna()].head(3).tolist()
+        raise ParseError(f"{path}: column {column!r} (the registry's columns.timestamp) holds values that are "
+                         f"neither numbers nor dates, e.g. {bad}")
+    # (not astype("int64"): the unit of the datetime dtype varies with pandas versions and inputs)
+    seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.to_numpy(dtype=np.int64)
+
+
+def _interactions(frame: pd.DataFrame, columns: dict, path: Path, ts_kind: str) -> pd.DataFrame:
+    """Canonical interaction columns from a frame of strings, by the registry's column mapping."""
+    users = _need(frame, columns["user"], "columns.user", path).astype(str).str.strip()
+    items = _need(frame, columns["item"], "columns.item", path).astype(str).str.strip()
+    for role, col in (("user", users), ("item", items)):
+        if (col == "").any() or col.isin(["nan", "None"]).any():
+            raise ParseError(f"{path}: column {columns[role]!r} (columns.{role}) has empty values")
+    if columns.get("rating"):
+        raw = _need(frame, columns["rating"], "columns.rating", path)
+        value = pd.to_numeric(raw, errors="coerce")
+        if value.isna().any():
+            raise ParseError(f"{path}: column {columns['rating']!r} (columns.rating) holds non-numbers, e.g. "
+                             f"{raw[value.isna()].head(3).tolist()}")
+    else:
+        value = pd.Series(1.0, index=frame.index)
+    if columns.get("timestamp"):
+        ts = _timestamps(_need(frame, columns["timestamp"], "columns.timestamp", path), path, columns["timestamp"],
+                         ts_kind)
+    else:  # no time: the file's order within each user
+        ts, ts_kind = users.groupby(users, sort=False).cumcount().to_numpy(dtype=np.int64), "order"
+    return pd.DataFrame({"raw_user": users.to_numpy(), "raw_item": items.to_numpy(),
+                         "value": value.to_numpy(dtype=np.float64), "ts": ts, "ts_kind": ts_kind})
+
+
+def _generic_items(frame: pd.DataFrame | None, inter: pd.DataFrame, item_columns: dict, default_text: list[str],
+                   path: Path | None) -> pd.DataFrame:
+    """Item rows from an item file (title and text columns by the mapping), else the ids the interactions use."""
+    if frame is None:
+        ids = pd.unique(inter["raw_item"])
+        return _items_frame([{"raw_item": i, "title": "", "text": "", "fields": {}} for i in ids])
+    id_col = item_columns.get("item", "item")
+    ids = _need(frame, id_col, "item_columns.item", path).astype(str).str.strip()
+    title_col = item_columns.get("title")
+    if title_col:
+        _need(frame, title_col, "item_columns.title", path)
+    text_cols = item_columns.get("text", default_text)
+    text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols or [])
+    for col in text_cols:
+        _need(frame, col, "item_columns.text", path)
+    shown = list(dict.fromkeys(c for c in [title_col, *text_cols] if c))
+    rows = []
+    for i, rec in zip(ids, frame[shown].fillna("").astype(str).to_dict("records") if shown else [{}] * len(ids),
+                      strict=True):
+        title = rec.get(title_col, "") if title_col else ""
+        text = _join_text(title, *[rec[c] for c in text_cols if c != title_col])
+        rows.append({"raw_item": i, "title": title, "text": text, "fields": {c: rec[c] for c in shown}})
+    return _items_frame(rows)
+
+
+def csv_table(folder: Path, spec) -> Parsed:
+    """A CSV/TSV interactions file (and optional item file) described by the registry entry's column mapping."""
+    path = folder / spec.interactions
+    frame = _read_csv(path, sep=_separator(spec.interactions, spec.sep), dtype=str, keep_default_na=False,
+                      encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the first column
+    inter = _interactions(frame, dict(spec.columns), path, spec.ts_kind)
+    items = None
+    item_path = None
+    if spec.items:
+        item_path = folder / spec.items
+        items = _read_csv(item_path, sep=_separator(spec.items, spec.sep), dtype=str, keep_default_na=False,
+                          encoding="utf-8-sig")
+    item_columns = {"item": spec.columns["item"], **dict(spec.item_columns)}
+    return inter, _generic_items(items, inter, item_columns, [], item_path)
+
+
+def _atomic(path: Path, sep: str | None) -> pd.DataFrame:
+    """A RecBole atomic file: typed header `name:type` -> columns named `name` (types token, token_seq, float)."""
+    frame = _read_csv(path, sep=sep or "\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8-sig")
+    names, kinds = [], {}
+    for col in frame.columns:
+        name, _, kind = str(col).partition(":")
+        if kind not in ("token", "token_seq", "float", "float_seq"):
+            raise ParseError(f"{path}: header field {col!r} is not `name:type` with type token, token_seq, float "
+                             f"or float_seq (RecBole atomic file)")
+        names.append(name)
+        kinds[name] = kind
+    frame.columns = names
+    frame.attrs["kinds"] = kinds
+    return frame
+
+
+def recbole_atomic(folder: Path, spec) -> Parsed:
+    """RecBole atomic files: `<name>.inter` (user_id, item_id, rating?, timestamp?) and an optional `<name>.item`."""
+    path = folder / spec.interactions
+    frame = _atomic(path, spec.sep)
+    defaults = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
+    columns = {**defaults, **dict(spec.columns)}
+    for role in ("rating", "timestamp"):
+        if role not in spec.columns and columns[role] not in frame.columns:
+            columns[role] = ""  # optional field absent from the header
+    inter = _interactions(frame, columns, path, spec.ts_kind)
+    items = item_path = None
+    default_text: list[str] = []
+    if spec.items:
+        item_path = folder / spec.items
+        items = _atomic(item_path, spec.sep)
+        id_col = spec.item_columns.get("item", columns["item"])
+        default_text = [c for c, k in items.attrs["kinds"].items() if k in ("token", "token_seq") and c != id_col]
+    item_columns = {"item": columns["item"], **dict(spec.item_columns)}
+    if items is not None and "title" not in item_columns and "title" in items.columns:
+        item_columns["title"] = "title"
+    return inter, _generic_items(items, inter, item_columns, default_text, item_path)
+
+
+GENERIC: dict[str, Callable[[Path, object], Parsed]] = {"csv": csv_table, "inter": recbole_atomic}
+
+
+def parse_dataset(spec, folder: Path) -> Parsed:
+    """Parse the raw folder of registry entry `spec` (m6rec.data.sources.DatasetSpec) with its parser."""
+    if spec.parser in GENERIC:
+        return GENERIC[spec.parser](folder, spec)
+    return parse(spec.parser, folder)
+
+
 PARSERS: dict[str, Callable[[Path], Parsed]] = {
     "movielens_latest": movielens_latest,
     "movielens_100k": movielens_100k,
@@ -237,6 +389,8 @@ PARSERS: dict[str, Callable[[Path], Parsed]] = {
 
 
 def parse(parser: str, folder: Path) -> Parsed:
+    if parser in GENERIC:
+        raise ParseError(f"parser '{parser}' reads its columns from the registry: use parse_dataset(spec, folder)")
     if parser not in PARSERS:
-        raise ParseError(f"unknown parser '{parser}'; known: {sorted(PARSERS)}")
+        raise ParseError(f"unknown parser '{parser}'; known: {sorted(PARSERS) + sorted(GENERIC)}")
     return PARSERS[parser](folder)

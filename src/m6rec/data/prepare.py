@@ -196,14 +196,15 @@ def combine(tables: list[DomainTables], params: SplitParams) -> tuple[pd.DataFra
 def prepare_datasets(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: PrepareParams) -> dict:
     """Parse, canonicalise and write every domain of `cfg` from `raw_dir` to `out_dir`; returns meta. Writes
     atomically (temp folder, then rename), so a failure leaves the last prepared data as it was."""
-    from m6rec.data.parsers import parse
+    from m6rec.data.parsers import parse_dataset
     from m6rec.data.raw_check import verify_raw
     from m6rec.data.sources import load_registry
 
     registry = load_registry(registry_path)
     unknown = sorted(set(cfg.domains) - set(registry))
     if unknown:
-        raise SystemExit(f"params.yaml prepare.domains names unknown datasets {unknown}")
+        raise PrepareError(f"params.yaml `domains` names datasets {unknown} that {registry_path} does not register; "
+                           f"registered: {sorted(registry)} (add one with `m6rec add-domain`)")
     if cfg.verify_raw:
         # The check the Airflow DAG runs first, so that plain `dvc repro` refuses modified raw data too.
         unchecked = verify_raw([registry[n] for n in cfg.domains], raw_dir, str(registry_path))
@@ -215,8 +216,8 @@ def prepare_datasets(raw_dir: Path, out_dir: Path, registry_path: Path, cfg: Pre
     for name in cfg.domains:
         folder = raw_dir / name
         if not folder.is_dir():
-            raise SystemExit(f"raw data for '{name}' not found in {folder}: run `python -m m6rec.stages.download`")
-        inter, items = parse(registry[name].parser, folder)
+            raise PrepareError(f"raw data for '{name}' not found in {folder}: run `python -m m6rec.stages.download`")
+        inter, items = parse_dataset(registry[name], folder)
         tables.append(canonicalise(registry[name], inter, items, split_params, cfg.max_text_chars))
     interactions, items, users, meta = combine(tables, split_params)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

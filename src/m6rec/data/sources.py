@@ -2,6 +2,12 @@
 
 A dataset lands in ``<raw_dir>/<name>/`` only when every file has the sha256 listed in ``config/datasets.yaml``;
 it is assembled in a temporary folder and moved into place, so a failed or partial download never replaces good data.
+
+A registry entry with ``path`` is a *local source* (a user's own data): its files are copied from that folder, with
+no download and no mirror; a file listed with an empty sha256 is not checked (the `validate` gate checks its
+content). Entries with a generic parser (``csv``, ``inter``: :data:`GENERIC_PARSERS`) describe their files and
+columns in the registry (``interactions``, ``items``, ``sep``, ``columns``, ``item_columns``, ``ts_kind``), so a new
+dataset in one of those formats needs no code.
 """
 
 from __future__ import annotations
@@ -46,6 +52,55 @@ class DatasetSpec:
     urls: dict[str, str] = field(default_factory=dict)
     gunzip_sha256: dict[str, str] = field(default_factory=dict)
     licence: str = ""
+    # Local source: folder the files are copied from (relative to the working directory, i.e. the project root).
+    path: str | None = None
+    # Generic formats (parser csv | inter): which files and columns mean what.
+    interactions: str | None = None  # interactions file (csv: required; inter: default <name>.inter)
+    items: str | None = None  # optional item file (csv/tsv with item_columns; inter: default <name>.item if listed)
+    sep: str | None = None  # field separator; default: tab for .tsv/.tab/.inter/.item files, else ","
+    columns: dict[str, str] = field(default_factory=dict)  # user, item (required), rating, timestamp -> column
+    item_columns: dict[str, Any] = field(default_factory=dict)  # item, title: column; text: column or list
+    ts_kind: str = "unix"  # timestamp column holds: unix (seconds, or dates parsed to them) | order (a sequence index)
+
+
+GENERIC_PARSERS = ("csv", "inter")
+INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")
+ITEM_COLUMNS = ("item", "title", "text")
+
+
+def _check_generic(path: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Check a generic-format entry and fill its defaults (interactions file, `files`); returns the entry."""
+    where = f"{path}: dataset '{name}'"
+    entry = dict(entry)
+    columns = entry.get("columns") or {}
+    if not isinstance(columns, dict) or set(columns) - set(INTERACTION_COLUMNS):
+        raise DataSourceError(f"{where}: columns must map some of {list(INTERACTION_COLUMNS)} to column names, "
+                              f"got {columns!r}")
+    item_columns = entry.get("item_columns") or {}
+    if not isinstance(item_columns, dict) or set(item_columns) - set(ITEM_COLUMNS):
+        raise DataSourceError(f"{where}: item_columns must map some of {list(ITEM_COLUMNS)} to column names, "
+                              f"got {item_columns!r}")
+    if entry["parser"] == "csv":
+        missing = [c for c in ("user", "item") if not columns.get(c)]
+        if missing:
+            raise DataSourceError(f"{where}: parser csv needs columns.{' and columns.'.join(missing)} "
+                                  f"(the column names of the interactions file)")
+        if not entry.get("interactions"):
+            raise DataSourceError(f"{where}: parser csv needs `interactions: <file name>`")
+    else:
+        entry.setdefault("interactions", f"{name}.inter")
+    if entry.get("feedback") == "explicit" and entry["parser"] == "csv" and not columns.get("rating"):
+        raise DataSourceError(f"{where}: feedback explicit needs columns.rating")
+    if entry.get("has_text") and not entry.get("items"):
+        raise DataSourceError(f"{where}: has_text: true needs an item file (`items: <file name>`) with the texts")
+    if entry.get("ts_kind", "unix") not in ("unix", "order"):
+        raise DataSourceError(f"{where}: ts_kind must be unix or order, got {entry['ts_kind']!r}")
+    files = dict(entry.get("files") or {})
+    for key in ("interactions", "items"):
+        if entry.get(key):
+            files.setdefault(entry[key], "")  # listed without a sha256: required, content gated by `validate`
+    entry["files"] = files
+    return entry
 
 
 def load_registry(path: str | Path) -> dict[str, DatasetSpec]:
@@ -55,6 +110,10 @@ def load_registry(path: str | Path) -> dict[str, DatasetSpec]:
         raw = yaml.safe_load(fh) or {}
     specs = {}
     for name, entry in (raw.get("datasets") or {}).items():
+        if not isinstance(entry, dict) or "parser" not in entry:
+            raise DataSourceError(f"{path}: dataset '{name}' must be a mapping with at least `parser`")
+        if entry["parser"] in GENERIC_PARSERS:
+            entry = _check_generic(path, name, entry)
         try:
             specs[name] = DatasetSpec(name=name, **entry)
         except TypeError as exc:
@@ -88,12 +147,14 @@ def default_mirror() -> Path | None:
 
 
 def is_complete(spec: DatasetSpec, folder: Path) -> bool:
-    """True when every registered file is in `folder` with the registered sha256."""
-    return all((folder / n).is_file() and sha256_file(folder / n) == sha for n, sha in spec.files.items())
+    """True when every registered file is in `folder` with the registered sha256 (if it lists one)."""
+    return all((folder / n).is_file() and (not sha or sha256_file(folder / n) == sha) for n, sha in spec.files.items())
 
 
 def _verify(spec: DatasetSpec, name: str, data: bytes) -> None:
     expected = spec.files[name]
+    if not expected:  # a local source's file listed without a sha256
+        return
     got = sha256_bytes(data)
     if got != expected:
         raise DataSourceError(f"{spec.name}/{name}: sha256 {got} does not match the registry's {expected}")
@@ -154,6 +215,22 @@ def _from_mirror(spec: DatasetSpec, mirror: Path) -> dict[str, bytes]:
     return out
 
 
+def _from_local(spec: DatasetSpec) -> dict[str, bytes]:
+    """Every registered file from the entry's own folder (``path``); a missing one is an error naming it."""
+    folder = Path(spec.path or "")
+    if not folder.is_dir():
+        raise DataSourceError(f"{spec.name}: local source folder {folder} (registry `path`) does not exist")
+    out = {}
+    for name in spec.files:
+        file = folder / name
+        if not file.is_file():
+            raise DataSourceError(f"{spec.name}: file {file} named in the registry is missing")
+        data = file.read_bytes()
+        _verify(spec, name, data)
+        out[name] = data
+    return out
+
+
 def fetch_dataset(
     spec: DatasetSpec,
     raw_dir: Path,
@@ -163,13 +240,19 @@ def fetch_dataset(
 ) -> str:
     """Make ``raw_dir/spec.name`` complete and verified. Returns where the files came from."""
     target = raw_dir / spec.name
-    if target.is_dir() and is_complete(spec, target):
-        log.info("%s: already present and verified in %s", spec.name, target)
-        return "cached"
     errors: list[str] = []
     files: dict[str, bytes] | None = None
     origin = ""
-    if not offline and (spec.archive or spec.urls):
+    if spec.path:  # a local source: copied whenever the copy differs (its files may have no sha256 to compare)
+        files, origin = _from_local(spec), f"local {spec.path}"
+        if target.is_dir() and all((target / n).is_file() and (target / n).read_bytes() == data
+                                   for n, data in files.items()):
+            log.info("%s: already present and identical to %s in %s", spec.name, spec.path, target)
+            return "cached"
+    elif target.is_dir() and is_complete(spec, target):
+        log.info("%s: already present and verified in %s", spec.name, target)
+        return "cached"
+    if files is None and not offline and (spec.archive or spec.urls):
         try:
             files, origin = _from_official(spec, timeout), "official"
         except Exception as exc:  # network errors vary by platform; every one means "try the mirror"
