@@ -342,6 +342,7 @@ class TrackingParams:
     experiment: str = "m6rec"  # MLflow experiment every stage logs its run to
     db: str = "mlflow.db"  # sqlite store in the project root, used when MLFLOW_TRACKING_URI is unset
     artifacts: str = "mlartifacts"  # artifact folder beside a sqlite store (M6REC_ARTIFACT_ROOT overrides)
+    metrics: tuple[str, ...] = ("recall@20", "ndcg@20", "rmse")  # final figures logged per model run (per split)
 
 
 @dataclass(frozen=True)
