@@ -20,57 +20,28 @@ and returns one row per recommended item: ``domain``, ``user``, ``item``, ``titl
 rows of a request in rank order, requests in input order. A bad request raises an ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE`` (HTTP 400 from ``mlflow models serve``) naming the row and field.
 
-The model is logged *from code* (:data:`MODEL_CODE`, which calls ``mlflow.models.set_model``), so nothing is
-pickled, and with ``code_paths`` holding the ``m6rec`` package, so it loads in a fresh process without the project
-on ``sys.path``. :mod:`m6rec.tracking` logs it (``log_bundle_model``); this module and that one are the only ones
-that import mlflow.
+The model is logged *from code* (``mlflow_model_code.py`` beside this file, which calls
+``mlflow.models.set_model``), so nothing is pickled, and with ``code_paths`` holding the ``m6rec`` package, so it
+loads in a fresh process without the project on ``sys.path``. :mod:`m6rec.tracking` logs it
+(``log_bundle_model``, with the signature and an input example) by file path, without importing this module: the
+stages' DVC outputs do not depend on the serving code, only the logged MLflow model does. This module and
+:mod:`m6rec.tracking` are the only ones that import mlflow.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-ARTIFACT = "bundle"  # key of the bundle folder in the model's artifacts
-MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")  # the file MLflow runs to build the model
+ARTIFACT = "bundle"  # key of the bundle folder in the model's artifacts (= m6rec.tracking.MODEL_BUNDLE_ARTIFACT)
 MAX_K = 100  # largest k a row may ask for (the service's default serve.max_k)
-
-INPUT_SCHEMA = Schema([
-    ColSpec(DataType.string, "domain"),
-    ColSpec(DataType.string, "user"),
-    ColSpec(DataType.long, "k"),
-    ColSpec(Array(DataType.string), "items", required=False),
-])
-OUTPUT_SCHEMA = Schema([
-    ColSpec(DataType.string, "domain"),
-    ColSpec(DataType.string, "user"),
-    ColSpec(DataType.string, "item"),
-    ColSpec(DataType.string, "title"),
-    ColSpec(DataType.double, "score"),
-    ColSpec(DataType.long, "rank"),
-])
-SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
-OUTPUT_COLUMNS = [c.name for c in OUTPUT_SCHEMA.inputs]
-
-
-def input_example(meta: dict[str, Any], bundle_dir: str | Path, k: int = 5) -> pd.DataFrame:
-    """One request on the bundle's first domain for its first user (read from ``ids.json``, no arrays)."""
-    import json
-
-    from m6rec.serving.bundle_io import domain_folder
-
-    domain = next(iter(meta["domains"]))
-    ids = json.loads((domain_folder(bundle_dir, domain) / "ids.json").read_text(encoding="utf-8"))
-    user = ids["raw_user"][0] if ids["raw_user"] else ""
-    return pd.DataFrame({"domain": [domain], "user": [str(user)], "k": [k]})
+# The output columns; the signature m6rec.tracking logs declares the same (tests/unit/test_mlflow_model.py checks).
+OUTPUT_COLUMNS = ["domain", "user", "item", "title", "score", "rank"]
 
 
 def _bad(row: int, message: str) -> MlflowException:

@@ -55,6 +55,11 @@ TAG_BUNDLE_MODEL = "bundle.model"
 # The experiment opens on the model-training views, not the GenAI traces view (MLflow 3's experiment kinds).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 METRIC_SPLITS = ("valid", "test", "cold")  # = m6rec.serving.bundle.METRIC_SPLITS
+# The pyfunc model (m6rec.mlflow_model) is logged from code, by path: MLflow runs MODEL_CODE; the package travels as
+# code_paths. Not imported here, so the stages' DVC deps stay what their outputs depend on.
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = PACKAGE_DIR / "mlflow_model_code.py"
+MODEL_BUNDLE_ARTIFACT = "bundle"  # = m6rec.mlflow_model.ARTIFACT
 
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -329,6 +334,31 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 # ---------------------------------------------------------------------------------------- models and registry
 
 
+def model_signature():
+    """The pyfunc model's signature (:mod:`m6rec.mlflow_model`): one request per row in, one item per row out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.string, "domain"), ColSpec(DataType.string, "user"),
+                     ColSpec(DataType.long, "k"), ColSpec(Array(DataType.string), "items", required=False)])
+    outputs = Schema([ColSpec(DataType.string, "domain"), ColSpec(DataType.string, "user"),
+                      ColSpec(DataType.string, "item"), ColSpec(DataType.string, "title"),
+                      ColSpec(DataType.double, "score"), ColSpec(DataType.long, "rank")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(bundle_dir: str | Path, meta: Mapping[str, Any], k: int = 5):
+    """One request: the bundle's first domain, its first user (read from that domain's ``ids.json``)."""
+    import pandas as pd
+
+    from m6rec.serving.bundle_io import domain_folder
+
+    domain = next(iter(meta["domains"]))
+    ids = json.loads((domain_folder(bundle_dir, domain) / "ids.json").read_text(encoding="utf-8"))
+    return pd.DataFrame({"domain": [domain], "user": [str(ids["raw_user"][0]) if ids["raw_user"] else ""],
+                         "k": [k]})
+
+
 def _requirements() -> list[str]:
     """pip requirements of the pyfunc model: the installed versions of what the bundle code imports (given, not
     inferred: inference loads the model in a subprocess, which costs seconds per model)."""
@@ -360,7 +390,6 @@ def log_model(bundle_dir: str | Path, name: str = MODEL_ARTIFACT, tags: Mapping[
     """
     mlflow = _mlflow()
     _active_run_required(mlflow)
-    from m6rec import mlflow_model
     from m6rec.serving.bundle_io import content_hash
 
     bundle_dir = Path(bundle_dir)
@@ -369,9 +398,9 @@ def log_model(bundle_dir: str | Path, name: str = MODEL_ARTIFACT, tags: Mapping[
     model_tags = {TAG_HASH: digest, TAG_BUNDLE_MODEL: str(meta.get("model") or ""),
                   **{str(k): str(v) for k, v in (tags or {}).items()}}
     info = mlflow.pyfunc.log_model(
-        name=name, python_model=str(mlflow_model.MODEL_CODE), artifacts={mlflow_model.ARTIFACT: str(bundle_dir)},
-        code_paths=[str(Path(mlflow_model.__file__).parent)], signature=mlflow_model.SIGNATURE,
-        input_example=mlflow_model.input_example(meta, bundle_dir), pip_requirements=_requirements(),
+        name=name, python_model=str(MODEL_CODE), artifacts={MODEL_BUNDLE_ARTIFACT: str(bundle_dir)},
+        code_paths=[str(PACKAGE_DIR)], signature=model_signature(),
+        input_example=input_example(bundle_dir, meta), pip_requirements=_requirements(),
         metadata={"format": BUNDLE_MODEL_TYPE, "bundle_model": str(meta.get("model") or "")},
         model_type=BUNDLE_MODEL_TYPE, tags=model_tags)
     mlflow.set_tags({TAG_HASH: digest, TAG_BUNDLE_MODEL: model_tags[TAG_BUNDLE_MODEL]})

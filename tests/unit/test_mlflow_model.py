@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from m6rec import tracking
+from m6rec import mlflow_model, tracking
 from m6rec.config import TrackingParams
 from m6rec.serving.bundle_io import content_hash, export_bundle, load_bundle
 from m6rec.serving.recommender import Recommender
@@ -80,7 +80,8 @@ def test_signature_and_input_example(logged):
     assert "python_function" in info.flavors
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["domain", "user", "k", "items"]
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["domain", "user", "item", "title", "score",
-                                                                    "rank"]
+                                                                    "rank"] == mlflow_model.OUTPUT_COLUMNS
+    assert mlflow_model.ARTIFACT == tracking.MODEL_BUNDLE_ARTIFACT
     local = mlflow.artifacts.download_artifacts("models:/m6rec@champion")
     example = mlflow.models.Model.load(local).load_input_example(local)
     assert list(example.columns) == ["domain", "user", "k"] and example["domain"][0] in DOMAINS
