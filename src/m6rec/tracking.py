@@ -303,7 +303,8 @@ def _child_run(mlflow, model: str) -> Iterator[str]:
         return
     stage = _ACTIVE.get("stage") or parent.data.tags.get("stage", "run")
     tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
-    with mlflow.start_run(run_name=f"{stage}/{model}", nested=True, tags={**tags, "model": model}) as run:
+    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{stage}/{model}", nested=True,
+                          tags={**tags, "model": model}) as run:
         children[model] = run.info.run_id
         params = parent.data.params
         if params:
