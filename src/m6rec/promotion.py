@@ -8,6 +8,7 @@ for a domain is pure (:func:`decide_domain`); which bundle paths are candidates 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -62,8 +63,7 @@ def resolve_candidates(entries: Sequence[str | Mapping[str, Any]], root: str | P
     for i, entry in enumerate(entries):
         pattern, optional = (entry, False) if isinstance(entry, str) else (entry["bundle"], entry.get("optional", False))
         if _GLOB.search(pattern):
-            found = sorted(str(p.relative_to(root)) if not Path(pattern).is_absolute() else str(p)
-                           for p in root.glob(pattern) if (p / META_FILE).is_file())
+            found = sorted(p for p in glob.glob(pattern, root_dir=root) if (root / p / META_FILE).is_file())
         else:
             found = [pattern] if (root / pattern / META_FILE).is_file() else []
         if not found:
