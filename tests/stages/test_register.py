@@ -92,6 +92,15 @@ def bundle_scores(bundle: str, domain: str, user: str, k: int = 10) -> tuple[lis
     return answer["items"], answer["scores"]
 
 
+def changed_copy(root: Path, name: str, times: int = 1) -> Path:
+    """A byte-different copy of the data (same interactions): another data version, the same figures."""
+    other = root / "data" / name
+    if not other.exists():
+        shutil.copytree(root / "data" / "validated", other)
+        (other / "meta.json").write_text((other / "meta.json").read_text() + "\n" * times)
+    return other
+
+
 # ------------------------------------------------------------------------------------------------ pure parts
 
 
@@ -207,6 +216,7 @@ def test_report_is_deterministic_and_names_no_run_or_machine(project):
     make, root = project["make"], project["root"]
     ok = checks(root, True)
     w = make("w", {A: 0.01, B: 0.01})
+    register.run(cfg(w), ok, settings=SETTINGS)  # registers w (and promotes it on a fresh registry)
     register.run(cfg(w), ok, settings=SETTINGS)
     first = (root / "reports" / "promotion.json").read_bytes()
     register.run(cfg(w), ok, settings=SETTINGS)  # the same inputs (the bundle's version is reused)
@@ -242,10 +252,7 @@ def test_changed_data_reevaluates_candidates_and_champions(project):
     """On other data (another version) recorded figures are not trusted: bundles are measured, and the figures
     are the protocol's own on that data."""
     make, root, prepared = project["make"], project["root"], project["prepared"]
-    other = root / "data" / "validated-v2"
-    if not other.exists():
-        shutil.copytree(root / "data" / "validated", other)
-        (other / "meta.json").write_text((other / "meta.json").read_text() + "\n")
+    changed_copy(root, "validated-v2")
     ok = checks(root, True)
     old = make("old", {A: 0.5, B: 0.5}, data_version="stale")
     first = register.run(cfg(old, model_name="m6rec-eval", data_dir="data/validated-v2"), ok, settings=SETTINGS)
@@ -255,8 +262,7 @@ def test_changed_data_reevaluates_candidates_and_champions(project):
     champ = tracking.get_version("m6rec-eval", champions("m6rec-eval")[f"champion-{A}"], settings=SETTINGS)
 
     # A different candidate on data the champion's tags do not describe: its bundle is downloaded and measured.
-    (root / "data" / "validated-v3").exists() or shutil.copytree(other, root / "data" / "validated-v3")
-    (root / "data" / "validated-v3" / "meta.json").write_text((other / "meta.json").read_text() + "\n")
+    changed_copy(root, "validated-v3", times=2)
     again = register.run(cfg(make("other", {A: 0.0}, data_version="stale"), model_name="m6rec-eval",
                              data_dir="data/validated-v3", domains=[A]), ok, settings=SETTINGS)
     before = again["domains"][A]["champion_before"]
@@ -283,7 +289,8 @@ def test_history_model_is_gated_on_its_own_scores(project):
     first = register.run(params, checks(root, True), settings=SETTINGS)
     assert first["promoted_domains"] == [B] and first["domains"][B]["candidates"][0]["source"] == "bundle-meta"
 
-    assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]  # from the test above
+    changed_copy(root, "validated-v2")
+    assert tracking.data_version(paths=["data/validated-v2"]) != project["version"]
     again = register.run(cfg("models/attention", domains=[B], model_name="m6rec-history",
                              data_dir="data/validated-v2"), checks(root, True), settings=SETTINGS)
     cand = again["domains"][B]["candidates"][0]
@@ -327,13 +334,15 @@ def test_main_reads_params_and_validate_report_dir(project):
         "validate": {"report_dir": "checks-ok"},
         "tracking": {},  # defaults; the store comes from MLFLOW_TRACKING_URI
         "register": {"candidates": ["models/main/*", {"bundle": "models/blend/bundle", "optional": True}],
-                     "metric": METRIC, "domains": [A], "margin": 0.0, "report": "reports/main.json"},
+                     "metric": METRIC, "domains": [A], "margin": 0.0, "report": "reports/main.json",
+                     "model_name": "m6rec-main"},
     }
     (root / "params-register.yaml").write_text(yaml.safe_dump(params))
     assert register.main(["--params", "params-register.yaml"]) == 0
     report = json.loads((root / "reports" / "main.json").read_text())
     assert report["data_checks_passed"] is True  # read from validate.report_dir, not the default folder
-    assert report["decision"] == "kept" and [c["bundle"] for c in report["candidates"]] == ["models/main/main1"]
+    assert report["promoted_domains"] == [A]  # the first run of m6rec-main
+    assert [c["bundle"] for c in report["candidates"]] == ["models/main/main1"]
 
 
 def test_registered_versions_carry_the_bundle_hash_and_are_reused(project):
