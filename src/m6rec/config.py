@@ -414,6 +414,7 @@ class TrackingParams:
     experiment: str = "m6rec"  # MLflow experiment every stage logs its run to
     db: str = "mlflow.db"  # sqlite store in the project root, used when MLFLOW_TRACKING_URI is unset
     artifacts: str = "mlartifacts"  # artifact folder beside a sqlite store (M6REC_ARTIFACT_ROOT overrides)
+    metrics: tuple[str, ...] = ("recall@20", "ndcg@20", "rmse")  # final figures logged per model run (per split)
 
 
 @dataclass(frozen=True)
@@ -423,10 +424,12 @@ class PreflightParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
-    candidates: tuple = ()  # list of {bundle: folder, metrics: file (optional, not read)}: models to register
-    metric: str = "valid.ndcg@20"  # split.metric compared between candidate and champion
-    domains: tuple[str, ...] = ()  # domains averaged; [] = every domain of any candidate bundle
-    margin: float = 0.0  # the best candidate must beat the champion by more than this (absolute)
+    # bundle folders or globs (models/baselines/bundles/*), or {bundle: folder|glob, optional: bool}; a missing
+    # non-optional one is an error
+    candidates: tuple = ()
+    metric: str = "valid.ndcg@20"  # split.metric compared per domain between candidates and that domain's champion
+    domains: tuple[str, ...] = ()  # domains gated (each its own champion); [] = every domain of any candidate
+    margin: float = 0.0  # a candidate replaces a domain's champion only when better on it by more than this
     model_name: str = "m6rec"  # registered model name in MLflow (served as models:/<name>@champion)
     data_dir: str = "data/validated"  # the data the figures must refer to (re-evaluation reads it)
     report: str = "reports/promotion.json"  # decision record (also logged to MLflow)
@@ -438,6 +441,9 @@ class RegisterParams:
         if self.margin < 0:
             raise ConfigError(f"register.margin must be >= 0, got {self.margin}")
         for i, c in enumerate(self.candidates):
-            if not isinstance(c, Mapping) or not c.get("bundle") or set(c) - {"bundle", "metrics"}:
-                raise ConfigError(f"register.candidates[{i}] must be a mapping with 'bundle' and optionally "
-                                  f"'metrics', got {c!r}")
+            if isinstance(c, str) and c:
+                continue
+            if (not isinstance(c, Mapping) or not isinstance(c.get("bundle"), str) or not c["bundle"]
+                    or set(c) - {"bundle", "optional"} or not isinstance(c.get("optional", False), bool)):
+                raise ConfigError(f"register.candidates[{i}] must be a bundle path or glob, or a mapping with "
+                                  f"'bundle' and optionally 'optional' (bool), got {c!r}")

@@ -1,17 +1,20 @@
-"""The champion gate's figures and decision (the `register` stage's work apart from the registry itself).
+"""The champion gate's figures and decisions, per domain (the `register` stage's work apart from the registry).
 
-A model's figure is the declared metric (e.g. ``valid.ndcg@20``) averaged over the declared domains, on the
-current validation data: read from a bundle's own recorded metrics when they refer to that data, else measured by
-re-evaluating the bundle through the shared protocol (:class:`BundleModel`). The decision is pure
-(:func:`decide`).
+Every domain has its own champion. A model's figure on a domain is the declared metric (e.g. ``valid.ndcg@20``)
+on that domain's current validation data: read from a bundle's own recorded metrics when they refer to that data,
+else measured by re-evaluating the bundle's domain through the shared protocol (:class:`BundleModel`). The decision
+for a domain is pure (:func:`decide_domain`); which bundle paths are candidates is :func:`resolve_candidates`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,67 +24,79 @@ import torch
 from m6rec.config import ProtocolParams, parse_metric
 from m6rec.data.dataset import DomainData, Prepared, domain_data
 from m6rec.evaluation.protocol import evaluate
-from m6rec.serving.bundle import Bundle, DomainBundle, meta_metrics
+from m6rec.serving.bundle import META_FILE, Bundle, DomainBundle, meta_metrics
 from m6rec.serving.export import raw_user_ids
 from m6rec.serving.scoring import DomainScorer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Figure:
-    """A model's figure on the declared metric: the mean and the per-domain values, and where it came from."""
+@dataclass(frozen=True)
+class CandidatePath:
+    """One resolved candidate: a bundle folder and the params entry it came from."""
 
-    value: float
-    per_domain: dict[str, float | None]
-    source: str  # "bundle-meta", "tags" or "re-evaluated"
-
-
-@dataclass
-class Candidate:
-    bundle_dir: str
-    metrics_file: str | None
-    model: str
-    figure: Figure
-    version: str | None = None
-    model_uri: str | None = None
+    bundle: str
+    entry: str
 
 
 @dataclass
 class Decision:
+    """A domain's verdict: ``winner`` (index of the winning candidate) when the domain's champion changes."""
+
     promote: bool
     reason: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    winner: int | None = None
 
 
-def mean_figure(per_domain: Mapping[str, float | None]) -> float:
-    """Mean over the declared domains; a domain without a figure counts as 0."""
-    if not per_domain:
-        raise ValueError("no domains to average over")
-    return float(np.mean([0.0 if v is None else float(v) for v in per_domain.values()]))
+_GLOB = re.compile(r"[*?\[]")
 
 
-def recorded_figure(meta: Mapping[str, Any], metric: str, domains: Sequence[str]) -> Figure | None:
-    """The figure a bundle's meta records for its own model (None when it records no metrics at all).
+def resolve_candidates(entries: Sequence[str | Mapping[str, Any]], root: str | Path = ".") -> list[CandidatePath]:
+    """``register.candidates`` -> bundle folders, in the order given (a glob's matches sorted), each once.
 
-    Domains the bundle does not serve count as 0; a served domain missing from the metrics is an error (the stage
-    that made the candidate must report what it exports).
+    An entry is a folder or a glob (``models/baselines/bundles/*``; only folders holding a ``bundle.json``
+    match), or ``{bundle: ..., optional: true}``. A non-optional entry that names no bundle is an error naming it.
     """
+    root = Path(root)
+    out: list[CandidatePath] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        pattern, optional = (entry, False) if isinstance(entry, str) else (entry["bundle"], entry.get("optional", False))
+        if _GLOB.search(pattern):
+            found = sorted(p for p in glob.glob(pattern, root_dir=root) if (root / p / META_FILE).is_file())
+        else:
+            found = [pattern] if (root / pattern / META_FILE).is_file() else []
+        if not found:
+            if optional:
+                log.info("register.candidates[%d] %s: no bundle there (optional, skipped)", i, pattern)
+                continue
+            what = "matches no bundle folder" if _GLOB.search(pattern) else "is not a bundle folder (no bundle.json)"
+            raise FileNotFoundError(f"register.candidates[{i}]: {pattern} {what}; build it first or mark it "
+                                    f"{{bundle: {pattern}, optional: true}}")
+        for path in found:
+            if path not in seen:
+                seen.add(path)
+                out.append(CandidatePath(path, pattern))
+    return out
+
+
+def recorded_figures(meta: Mapping[str, Any], metric: str, domains: Sequence[str]) -> dict[str, float]:
+    """The figures a bundle's meta records for its own model on each of ``domains`` it serves and has metrics for
+    (a served domain without a recorded figure is left out: the caller re-evaluates it)."""
     metrics = meta_metrics(meta)
-    if not metrics:
-        return None
     model, served = str(meta.get("model") or "model"), list(meta.get("domains") or ())
     split, name, _ = parse_metric(metric)
-    per: dict[str, float | None] = {}
+    out: dict[str, float] = {}
     for d in domains:
-        if d not in served:
-            per[d] = None
+        if d not in served or d not in metrics:
             continue
+        by_model = metrics[d]
+        results = by_model.get(model, next(iter(by_model.values())) if len(by_model) == 1 else None)
         try:
-            per[d] = float(metrics[d][model][split][name])
-        except (KeyError, TypeError) as exc:
-            raise KeyError(f"bundle meta of model {model!r} records no metrics {d}.{model}.{split}.{name}") from exc
-    return Figure(mean_figure(per), per, "bundle-meta")
+            out[d] = float(results[split][name])
+        except (KeyError, TypeError):
+            continue
+    return out
 
 
 def align_ids(src_ids: Sequence[str], dst_ids: Sequence[str]) -> np.ndarray:
@@ -130,46 +145,52 @@ class BundleModel:
         raise TypeError("a bundle model is already an export: serve the bundle itself")
 
 
-def bundle_figure(bundle: Bundle, prepared: Prepared, metric: str, domains: Sequence[str],
-                  protocol: ProtocolParams = ProtocolParams()) -> Figure:
-    """Evaluate a bundle's own scores on ``prepared`` with the shared protocol (split from ``metric``)."""
+def domain_figure(bundle: Bundle, prepared: Prepared, metric: str, domain: str,
+                  protocol: ProtocolParams = ProtocolParams()) -> float | None:
+    """Evaluate a bundle's own scores on ``domain`` of ``prepared`` with the shared protocol (split from
+    ``metric``); None when the bundle or the data lacks the domain."""
     split, name, ks = parse_metric(metric)
-    protocol = replace(protocol, ks=ks)
-    per: dict[str, float | None] = {}
-    for d in domains:
-        if d not in bundle.domains or d not in prepared.meta["per_domain"]:
-            per[d] = None
-            continue
-        data = domain_data(prepared, d)
-        model = BundleModel(bundle.domains[d], data, raw_user_ids(prepared, d))
-        per[d] = float(evaluate(model, data, split, protocol).get(name, 0.0))
-    return Figure(mean_figure(per), per, "re-evaluated")
+    if domain not in bundle.domains or domain not in prepared.meta["per_domain"]:
+        return None
+    data = domain_data(prepared, domain)
+    model = BundleModel(bundle.domains[domain], data, raw_user_ids(prepared, domain))
+    return float(evaluate(model, data, split, replace(protocol, ks=ks)).get(name, 0.0))
+
+
+def relative(path: str | Path) -> str:
+    """``path`` relative to the working directory (the project root for a stage), so records name no machine."""
+    return Path(os.path.relpath(Path(path).absolute())).as_posix()
 
 
 def checks_passed(summary_path: Path) -> tuple[bool, str]:
     """Whether the validate stage's summary says every check passed (missing or unreadable = not passed)."""
+    where = relative(summary_path)
     if not summary_path.is_file():
-        return False, f"no data-check summary at {summary_path}"
+        return False, f"no data-check summary at {where}"
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        return False, f"unreadable data-check summary {summary_path}: {exc}"
+        return False, f"unreadable data-check summary {where}: {type(exc).__name__}"
     ok = summary.get("success") is True
-    return ok, f"data checks {'passed' if ok else 'failed'} ({summary_path})"
+    return ok, f"data checks {'passed' if ok else 'failed'} ({where})"
 
 
-def decide(candidate: float, champion: float | None, margin: float, data_ok: bool, data_note: str) -> Decision:
-    """The promotion gate (pure)."""
+def decide_domain(domain: str, figures: Sequence[float | None], champion: float | None, margin: float,
+                  data_ok: bool, data_note: str, champion_index: int | None = None) -> Decision:
+    """The gate of one domain (pure). ``figures``: each candidate's figure on the domain (None: not served);
+    ``champion``: the current champion's figure (None: the domain has no champion); ``champion_index``: which
+    candidate *is* the champion's bundle, if any. The best candidate (the first of equals) wins only if it beats
+    the champion by more than ``margin``; a failed data check promotes nothing."""
+    served = [(v, i) for i, v in enumerate(figures) if v is not None]
     if not data_ok:
         return Decision(False, f"not promoted: {data_note}")
+    if not served:
+        return Decision(False, f"no candidate serves {domain}")
+    best_value, best = max(served, key=lambda t: (t[0], -t[1]))
     if champion is None:
-        return Decision(True, "promoted: no champion yet")
-    if candidate > champion + margin:
-        return Decision(True, f"promoted: {candidate:.6f} > champion {champion:.6f} + margin {margin}")
-    return Decision(False, f"not promoted: {candidate:.6f} <= champion {champion:.6f} + margin {margin}")
-
-
-def candidate_report(c: Candidate) -> dict[str, Any]:
-    return {"model": c.model, "version": c.version, "bundle": c.bundle_dir, "metrics_file": c.metrics_file,
-            "value": c.figure.value, "per_domain": c.figure.per_domain, "source": c.figure.source,
-            "model_uri": c.model_uri}
+        return Decision(True, f"promoted: {domain} has no champion yet (best candidate {best_value:.6f})", best)
+    if best == champion_index:
+        return Decision(False, f"kept: the champion is the best candidate ({best_value:.6f})")
+    if best_value > champion + margin:
+        return Decision(True, f"promoted: {best_value:.6f} > champion {champion:.6f} + margin {margin}", best)
+    return Decision(False, f"not promoted: best {best_value:.6f} <= champion {champion:.6f} + margin {margin}")

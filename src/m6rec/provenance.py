@@ -20,14 +20,26 @@ def project_root() -> Path:
     return Path(os.environ.get("M6REC_ROOT", ".")).resolve()
 
 
+# DVC's own records: `dvc repro` and `dvc add` rewrite them on every machine (a fresh clone's `make run` included),
+# and the data_version tag already records what they say, so they do not make the code dirty.
+_NOT_CODE = (":(exclude,glob)**/dvc.lock", ":(exclude,glob)**/*.dvc", ":(exclude,glob)**/.dvc/**")
+
+
 def git_commit(root: str | Path | None = None) -> str:
-    """`HEAD` commit of the repository at `root` (`+dirty` if the tree has changes), or `"unknown"`."""
+    """`HEAD` commit of the repository at `root`, or `"unknown"`.
+
+    `+dirty` is added only when a tracked file differs from `HEAD` (staged or not). Untracked and ignored files
+    (DVC outputs, the MLflow store) do not count, nor do DVC's records (`dvc.lock`, `*.dvc`), which the pipeline
+    itself rewrites.
+    """
     root = Path(root) if root is not None else project_root()
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        # A stat-only change (a checkout's new mtimes) is refreshed away first, so only content counts.
+        subprocess.run(["git", "update-index", "-q", "--refresh"], cwd=root, capture_output=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+                               cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}+dirty" if dirty else head

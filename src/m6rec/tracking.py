@@ -43,9 +43,23 @@ from m6rec.store_check import StoreError, check_uri, sqlite_path  # noqa: F401  
 
 log = logging.getLogger(__name__)
 
+_ACTIVE: dict[str, Any] = {}  # the stage run start_run opened: settings, stage, run_id, child runs by model
+
 REGISTERED_MODEL = "m6rec"
-CHAMPION = "champion"
+CHAMPION = "champion"  # the served, composed version: per domain the bundle of that domain's champion
+DOMAIN_CHAMPION = "champion-{domain}"  # alias of the version that won a domain (see m6rec.stages.register)
 BUNDLE_MODEL_TYPE = "m6rec-bundle"
+MODEL_ARTIFACT = "model"  # name of the pyfunc model in a training run: runs:/<run id>/model
+TAG_HASH = "bundle.sha256"  # = m6rec.serving.bundle_io.HASH_TAG (not imported: this module stays light)
+TAG_BUNDLE_MODEL = "bundle.model"
+# The experiment opens on the model-training views, not the GenAI traces view (MLflow 3's experiment kinds).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+METRIC_SPLITS = ("valid", "test", "cold")  # = m6rec.serving.bundle.METRIC_SPLITS
+# The pyfunc model (m6rec.mlflow_model) is logged from code, by path: MLflow runs MODEL_CODE; the package travels as
+# code_paths. Not imported here, so the stages' DVC deps stay what their outputs depend on.
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = PACKAGE_DIR / "mlflow_model_code.py"
+MODEL_BUNDLE_ARTIFACT = "bundle"  # = m6rec.mlflow_model.ARTIFACT
 
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -123,10 +137,12 @@ def _client(settings: TrackingParams | None = None):
 def _experiment_id(mlflow, settings: TrackingParams) -> str:
     """Id of experiment ``settings.experiment``, created with the artifact root above if missing."""
     exp = mlflow.get_experiment_by_name(settings.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(settings.experiment,
-                                    artifact_location=artifact_root(mlflow.get_tracking_uri(), settings))
+    if exp is None:
+        return mlflow.create_experiment(settings.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                                        artifact_location=artifact_root(mlflow.get_tracking_uri(), settings))
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # experiments made before the tag, or by hand
+        _client().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 # ----------------------------------------------------------------------------------------------- run logging
@@ -183,6 +199,8 @@ def start_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
     SIGTERM or SIGINT meanwhile (:func:`m6rec.runtime.signals_raise`: exit code 128 + the signal).
     """
     mlflow = _mlflow(settings)
+    _ACTIVE.clear()
+    _ACTIVE.update(settings=settings, stage=stage, children={})
     all_tags = {
         "stage": stage,
         "git_commit": git_commit(),
@@ -195,7 +213,11 @@ def start_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | N
         if flat:
             mlflow.log_params(flat)
         log.info("MLflow run %s (stage %s) in %s", run.info.run_id, stage, mlflow.get_tracking_uri())
-        yield run.info.run_id
+        _ACTIVE["run_id"] = run.info.run_id
+        try:
+            yield run.info.run_id
+        finally:
+            _ACTIVE.clear()
 
 
 def _active_run_required(mlflow) -> None:
@@ -208,13 +230,86 @@ def log_epoch(metrics: Mapping[str, float], step: int) -> None:
     log_metrics(metrics, step=step)
 
 
+def is_model_metrics(metrics: Mapping[str, Any]) -> bool:
+    """Whether ``metrics`` has the metrics files' schema, ``{domain: {model: {split: {metric: v}}}}``."""
+    return bool(metrics) and all(
+        isinstance(models, Mapping) and models and all(
+            isinstance(r, Mapping) and any(isinstance(r.get(sp), Mapping) for sp in METRIC_SPLITS)
+            for r in models.values())
+        for models in metrics.values())
+
+
+def readable_key(domain: str, split: str, metric: str) -> str:
+    """``("ml-100k", "test", "ndcg@20")`` -> ``"ml-100k.test.ndcg_20"``: the one name of a final figure."""
+    return metric_name(f"{domain}.{split}.{str(metric).replace('@', '_')}")
+
+
+def model_figures(metrics: Mapping[str, Any], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per model, the final figures ``names`` (e.g. ``ndcg@20``) of a metrics-file dict under readable keys
+    (:func:`readable_key`); non-finite values are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for domain, models in metrics.items():
+        for model, results in models.items():
+            figs = out.setdefault(str(model), {})
+            for split in METRIC_SPLITS:
+                for name in names:
+                    value = (results.get(split) or {}).get(name)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        figs[readable_key(domain, split, name)] = float(value)
+    return out
+
+
+def _headline() -> tuple[str, ...]:
+    settings = _ACTIVE.get("settings")
+    return tuple(settings.metrics) if settings is not None else TrackingParams().metrics
+
+
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
-    """Flat or nested metrics (see :func:`flatten_metrics`) on the active run. NaN/inf values are skipped."""
+    """Metrics on the active run. NaN/inf values are skipped.
+
+    A metrics-file dict (``{domain: {model: {split: {metric: v}}}}``, :func:`is_model_metrics`) is logged as the
+    final figures ``tracking.metrics`` of each model under readable keys (``<domain>.<split>.<metric>``, e.g.
+    ``ml-100k.test.ndcg_20``): on the active run when it holds one model, else in one child run per model (run
+    name ``<stage>/<model>``, the stage's params copied, tag ``model``); the whole file is the stage's artifact.
+    Anything else is flattened (:func:`flatten_metrics`) onto the active run.
+    """
     mlflow = _mlflow()
     _active_run_required(mlflow)
+    if step is None and is_model_metrics(metrics):
+        figures = model_figures(metrics, _headline())
+        if len(figures) == 1:
+            flat = next(iter(figures.values()))
+            if flat:
+                mlflow.log_metrics(flat)
+            return
+        for model, flat in figures.items():
+            with _child_run(mlflow, model):
+                if flat:
+                    mlflow.log_metrics(flat)
+        return
     flat = {k: v for k, v in flatten_metrics(metrics).items() if math.isfinite(v)}
     if flat:
         mlflow.log_metrics(flat, step=step)
+
+
+@contextlib.contextmanager
+def _child_run(mlflow, model: str) -> Iterator[str]:
+    """The child run of ``model`` under the active stage run (made once per model, the stage's params copied)."""
+    children = _ACTIVE.setdefault("children", {})
+    parent = _client().get_run(mlflow.active_run().info.run_id)  # the fluent Run object holds no later params
+    if model in children:
+        with mlflow.start_run(run_id=children[model], nested=True) as run:
+            yield run.info.run_id
+        return
+    stage = _ACTIVE.get("stage") or parent.data.tags.get("stage", "run")
+    tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
+    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{stage}/{model}", nested=True,
+                          tags={**tags, "model": model}) as run:
+        children[model] = run.info.run_id
+        params = parent.data.params
+        if params:
+            mlflow.log_params(params)
+        yield run.info.run_id
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
@@ -240,34 +335,151 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 # ---------------------------------------------------------------------------------------- models and registry
 
 
-def log_model(bundle_dir: str | Path, name: str, tags: Mapping[str, Any] | None = None) -> str:
-    """Log a serving-bundle folder as a LoggedModel of the active run; returns its URI ``models:/<model_id>``.
+def model_signature():
+    """The pyfunc model's signature (:mod:`m6rec.mlflow_model`): one request per row in, one item per row out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    The model's artifacts are the bundle files plus an ``MLmodel`` file (no flavour: m6rec loads the folder with
-    ``m6rec.serving.bundle.load_bundle`` after :func:`download_model`).
+    inputs = Schema([ColSpec(DataType.string, "domain"), ColSpec(DataType.string, "user"),
+                     ColSpec(DataType.long, "k"), ColSpec(Array(DataType.string), "items", required=False)])
+    outputs = Schema([ColSpec(DataType.string, "domain"), ColSpec(DataType.string, "user"),
+                      ColSpec(DataType.string, "item"), ColSpec(DataType.string, "title"),
+                      ColSpec(DataType.double, "score"), ColSpec(DataType.long, "rank")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(bundle_dir: str | Path, meta: Mapping[str, Any], k: int = 5):
+    """One request: the bundle's first domain, its first user (read from that domain's ``ids.json``)."""
+    import pandas as pd
+
+    from m6rec.serving.bundle_io import domain_folder
+
+    domain = next(iter(meta["domains"]))
+    ids = json.loads((domain_folder(bundle_dir, domain) / "ids.json").read_text(encoding="utf-8"))
+    return pd.DataFrame({"domain": [domain], "user": [str(ids["raw_user"][0]) if ids["raw_user"] else ""],
+                         "k": [k]})
+
+
+def _requirements() -> list[str]:
+    """pip requirements of the pyfunc model: the installed versions of what the bundle code imports (given, not
+    inferred: inference loads the model in a subprocess, which costs seconds per model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "torch", "numpy", "scipy", "pandas"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def _read_bundle_meta(bundle_dir: Path) -> dict[str, Any]:
+    meta_file = bundle_dir / "bundle.json"
+    if not bundle_dir.is_dir() or not meta_file.is_file():
+        raise FileNotFoundError(f"bundle folder not found (no bundle.json): {bundle_dir}")
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def log_model(bundle_dir: str | Path, name: str = MODEL_ARTIFACT, tags: Mapping[str, Any] | None = None) -> str:
+    """Log a serving-bundle folder as the pyfunc model ``name`` of the active run; returns ``models:/<model_id>``.
+
+    The model is :class:`m6rec.mlflow_model.BundleRecommender` (logged from code, nothing pickled) with the bundle
+    as its artifact ``bundle``, a signature and an input example, and the ``m6rec`` package as ``code_paths``,
+    so ``mlflow.pyfunc.load_model`` works in a fresh process. The LoggedModel and the run are tagged
+    ``bundle.sha256`` (:func:`m6rec.serving.bundle_io.content_hash`) and ``bundle.model``.
     """
     mlflow = _mlflow()
     _active_run_required(mlflow)
-    from mlflow.models.model import MLMODEL_FILE_NAME, Model
+    from m6rec.serving.bundle_io import content_hash
 
     bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise FileNotFoundError(f"bundle folder not found: {bundle_dir}")
-    client = _client()
-    model = mlflow.initialize_logged_model(name=name, model_type=BUNDLE_MODEL_TYPE,
-                                           tags={str(k): str(v) for k, v in (tags or {}).items()})
-    try:
-        client.log_model_artifacts(model.model_id, str(bundle_dir))
-        with tempfile.TemporaryDirectory() as tmp:
-            spec = Model(artifact_path=name, run_id=model.source_run_id, model_id=model.model_id,
-                         metadata={"format": BUNDLE_MODEL_TYPE, "loader": "m6rec.serving.bundle.load_bundle"})
-            spec.save(os.path.join(tmp, MLMODEL_FILE_NAME))
-            client.log_model_artifact(model.model_id, os.path.join(tmp, MLMODEL_FILE_NAME))
-    except Exception:
-        mlflow.finalize_logged_model(model.model_id, "FAILED")
-        raise
-    mlflow.finalize_logged_model(model.model_id, "READY")
-    return f"models:/{model.model_id}"
+    meta = _read_bundle_meta(bundle_dir)
+    digest = content_hash(bundle_dir)
+    model_tags = {TAG_HASH: digest, TAG_BUNDLE_MODEL: str(meta.get("model") or ""),
+                  **{str(k): str(v) for k, v in (tags or {}).items()}}
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=str(MODEL_CODE), artifacts={MODEL_BUNDLE_ARTIFACT: str(bundle_dir)},
+        code_paths=[str(PACKAGE_DIR)], signature=model_signature(),
+        input_example=input_example(bundle_dir, meta), pip_requirements=_requirements(),
+        metadata={"format": BUNDLE_MODEL_TYPE, "bundle_model": str(meta.get("model") or "")},
+        model_type=BUNDLE_MODEL_TYPE, tags=model_tags)
+    mlflow.set_tags({TAG_HASH: digest, TAG_BUNDLE_MODEL: model_tags[TAG_BUNDLE_MODEL]})
+    return f"models:/{info.model_id}"
+
+
+def log_bundle_model(bundle_dir: str | Path, prepared: Any = None, *, name: str = MODEL_ARTIFACT) -> str:
+    """What a training stage calls once it has written its serving bundle: the bundle as the pyfunc model of the
+    stage's run (:func:`log_model`), so the registry's versions lead to the run that trained them; returns
+    ``runs:/<run id>/<name>``.
+
+    Also on the run: the model's final figures from the bundle's meta under readable keys (``tracking.metrics``,
+    :func:`readable_key`) where the run does not have them yet, and, with ``prepared``
+    (:class:`m6rec.data.dataset.Prepared`), each served domain's splits as datasets (``mlflow.log_input``, named
+    ``<domain>/<split>``, context = the split).
+    """
+    mlflow = _mlflow()
+    _active_run_required(mlflow)
+    bundle_dir = Path(bundle_dir)
+    meta = _read_bundle_meta(bundle_dir)
+    run_id = mlflow.active_run().info.run_id
+    log_model(bundle_dir, name)
+    model = str(meta.get("model") or "model")
+    own = {}  # the bundle's own figures per domain; older bundles file them right under the domain
+    for d, entry in (meta.get("metrics") or {}).items():
+        if isinstance(entry, Mapping):
+            own[d] = {model: entry if any(sp in entry for sp in METRIC_SPLITS) else entry.get(model) or {}}
+    figures = model_figures(own, _headline()).get(model, {})
+    have = _client().get_run(run_id).data.metrics
+    new = {k: v for k, v in figures.items() if k not in have}
+    if new:
+        mlflow.log_metrics(new)
+    if prepared is not None:
+        log_datasets(prepared, list(meta.get("domains") or ()))
+    return f"runs:/{run_id}/{name}"
+
+
+def log_datasets(prepared: Any, domains: Sequence[str], source: str | None = None) -> None:
+    """Each domain's train/valid/test (and cold) interactions as MLflow datasets of the active run."""
+    mlflow = _mlflow()
+    _active_run_required(mlflow)
+    import mlflow.data
+
+    frame = prepared.interactions
+    src = source or str(prepared.meta.get("source") or "data/validated")
+    for domain in domains:
+        rows = frame[frame["domain"] == domain]
+        if rows.empty:
+            continue
+        for split, part in rows.groupby("split", sort=True):
+            ds = mlflow.data.from_pandas(part.reset_index(drop=True), source=src, name=f"{domain}/{split}")
+            mlflow.log_input(ds, context=str(split), tags={"domain": domain, "split": str(split)})
+
+
+def find_logged_model(content_hash: str, *, settings: TrackingParams) -> tuple[str, str] | None:
+    """The newest READY model of the experiment logged from a bundle with this ``bundle.sha256``, as
+    ``(runs:/<run id>/<name>, run id)``; None when no run logged it."""
+    mlflow = _mlflow(settings)
+    exp = mlflow.get_experiment_by_name(settings.experiment)
+    if exp is None:
+        return None
+    found = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id], filter_string=f"tags.`{TAG_HASH}` = '{content_hash}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
+    for m in found:
+        if str(getattr(m.status, "name", m.status)).endswith("READY") and m.source_run_id:
+            return f"runs:/{m.source_run_id}/{m.name}", m.source_run_id
+    return None
+
+
+def bundle_root(folder: str | Path) -> Path:
+    """The serving bundle inside a downloaded model folder: the folder itself, a child, or the pyfunc model's
+    ``artifacts/<name>/``."""
+    folder = Path(folder)
+    for candidate in (folder, *sorted(folder.glob("*")), *sorted(folder.glob("artifacts/*"))):
+        if (candidate / "bundle.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"model folder {folder} holds no serving bundle (no bundle.json)")
 
 
 def _info(mv) -> ModelVersionInfo:
@@ -313,6 +525,32 @@ def get_alias(name: str = REGISTERED_MODEL, alias: str = CHAMPION, *,
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def aliases(name: str = REGISTERED_MODEL, *, settings: TrackingParams) -> dict[str, str]:
+    """Every alias of registered model ``name`` -> its version (empty when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(settings).get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return {}
+        raise
+    return {str(a): str(v) for a, v in (model.aliases or {}).items()}
+
+
+def versions(name: str = REGISTERED_MODEL, *, settings: TrackingParams) -> list[ModelVersionInfo]:
+    """Every version of ``name`` (oldest first; empty when the model does not exist)."""
+    found = _client(settings).search_model_versions(f"name = '{name}'")
+    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version))
+
+
+def set_version_tags(name: str, version: str | int, tags: Mapping[str, Any], *, settings: TrackingParams) -> None:
+    """Set (overwrite) tags of one registered version."""
+    client = _client(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), str(key), str(value))
 
 
 def set_alias(version: str | int, name: str = REGISTERED_MODEL, alias: str = CHAMPION, *,

@@ -69,7 +69,7 @@ def test_cache_is_keyed_by_version_and_reused(registry, tmp_path, monkeypatch):
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
     digest = tracking.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG][len("sha256:"):]
     assert entries == [f"m6rec-v{served.version}-{digest[:16]}"]  # no leftover partial download beside it
-    marker = tmp_path / "cache" / entries[0] / "bundle.json"
+    marker = next((tmp_path / "cache" / entries[0]).rglob("bundle.json"))  # under the pyfunc model's artifacts/
     inode = marker.stat().st_ino
     again = load(registry, tmp_path / "cache", monkeypatch)
     assert again.version == served.version and marker.stat().st_ino == inode  # reused, not downloaded again
@@ -91,7 +91,7 @@ def test_tampered_cache_is_downloaded_again(registry, tmp_path, monkeypatch):
     vec = next(entry.rglob("item_vectors.npy"))
     vec.write_bytes(vec.read_bytes()[:-8])
     again = load(registry, tmp_path / "cache", monkeypatch)
-    assert content_hash(entry) == tracking.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG]
+    assert content_hash(next(entry.rglob("bundle.json")).parent) == tracking.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG]
     assert again.bundle.domains[DOMAINS[0]].item_vectors.shape == served.bundle.domains[DOMAINS[0]].item_vectors.shape
 
 

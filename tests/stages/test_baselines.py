@@ -65,4 +65,7 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
 
     runs = mlflow.search_runs(experiment_names=["m6rec"], filter_string="tags.stage = 'baselines'")
     assert len(runs) >= 1
-    assert "metrics.lastfm-hetrec2011.bprmf.test.ndcg_at_20" in runs.columns
+    assert "metrics.lastfm-hetrec2011.test.ndcg_20" in runs.columns  # readable final figures, a run per model
+    stage_run = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
+    assert stage_run["tags.bundle.model"] == "bprmf"  # the served bundle is the stage run's pyfunc model
+    assert {"baselines/bprmf", "baselines/itemknn"} <= set(runs["tags.mlflow.runName"])

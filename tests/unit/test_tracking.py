@@ -115,12 +115,58 @@ def test_run_logs_params_tags_metrics_artifacts(store):
     assert run.data.tags["git_commit"]
     assert [m.value for m in c.get_metric_history(run_id, "loss")] == [1.0, 0.5]
     assert run.data.metrics["valid_ndcg_at_20"] == 0.2
-    assert run.data.metrics["ml-100k.mf.test.recall_at_10"] == 0.3
-    assert "ml-100k.mf.test.rmse" not in run.data.metrics  # NaN is not logged
+    # A metrics-file dict of one model: its headline figures (tracking.metrics) under readable keys.
+    assert "ml-100k.test.recall_20" not in run.data.metrics  # recall@10 is not a headline figure
+    assert "ml-100k.test.rmse" not in run.data.metrics  # NaN is not logged
     assert [a.path for a in c.list_artifacts(run_id)] == ["report.json"]
     exp = c.get_experiment(run.info.experiment_id)
     assert exp.name == "m6rec"
     assert exp.artifact_location == (store / "mlartifacts").resolve().as_uri()
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"  # not the GenAI traces view
+
+
+def test_metrics_files_log_few_readable_keys_one_run_per_model(store):
+    metrics = {d: {m: {"valid": {"ndcg@20": 0.1 * i, "ndcg@10": 0.0, "recall@20": 0.2, "mrr": 0.3},
+                       "test": {"ndcg@20": 0.05 * i, "rmse": 0.9}, "fit_s": 1.0}
+                   for i, m in enumerate(("itemknn", "bprmf"), 1)} for d in ("ml-100k", "lastfm-hetrec2011")}
+    assert tracking.is_model_metrics(metrics) and not tracking.is_model_metrics({"loss": 1.0})
+    with tracking.start_run("baselines", {"baselines": {"dim": 8}}, settings=SETTINGS) as run_id:
+        tracking.log_metrics(metrics)
+        tracking.log_metrics({"ml-100k": {"bprmf": {"cold": {"ndcg@20": 0.7}}}, "x": {"bprmf": {"cold": {}}}})
+    c = client()
+    assert c.get_run(run_id).data.metrics == {"ml-100k.cold.ndcg_20": 0.7}  # one model: on the stage run
+    children = {r.data.tags["model"]: r for r in c.search_runs(
+        [c.get_run(run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")}
+    assert sorted(children) == ["bprmf", "itemknn"]
+    bpr = children["bprmf"]
+    assert bpr.info.run_name == "baselines/bprmf" and bpr.data.params == {"baselines.dim": "8"}
+    assert bpr.data.metrics == {
+        "ml-100k.valid.ndcg_20": 0.2, "ml-100k.valid.recall_20": 0.2, "ml-100k.test.ndcg_20": 0.1,
+        "ml-100k.test.rmse": 0.9, "lastfm-hetrec2011.valid.ndcg_20": 0.2, "lastfm-hetrec2011.valid.recall_20": 0.2,
+        "lastfm-hetrec2011.test.ndcg_20": 0.1, "lastfm-hetrec2011.test.rmse": 0.9}
+
+
+def test_git_dirty_only_for_tracked_code(tmp_path):
+    """A fresh clone after `make run`: untracked outputs and DVC's rewritten records are not dirt; code is."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("/models/\n")
+    for name in ("code.py", "dvc.lock", "data.dvc"):
+        (tmp_path / name).write_text("v1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    head = provenance.git_commit(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "bundle.json").write_text("{}")  # ignored output
+    (tmp_path / "mlflow.db").write_text("x")  # untracked
+    (tmp_path / "dvc.lock").write_text("v2\n")  # `dvc repro` rewrote it
+    (tmp_path / "data.dvc").write_text("v2\n")
+    assert provenance.git_commit(tmp_path) == head and "+" not in head
+    (tmp_path / "code.py").write_text("v2\n")
+    assert provenance.git_commit(tmp_path) == f"{head}+dirty"
 
 
 def test_settings_name_the_experiment_and_store(store, monkeypatch):
@@ -176,7 +222,7 @@ def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tm
 
     local = tracking.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl", settings=SETTINGS)
     assert (local / "MLmodel").is_file()
-    back, orig = load_bundle(local), load_bundle(bundle_dir)
+    back, orig = load_bundle(tracking.bundle_root(local)), load_bundle(bundle_dir)
     assert back.meta == orig.meta
     a, b = back.domains["ml-100k"], orig.domains["ml-100k"]
     np.testing.assert_array_equal(a.item_vectors, b.item_vectors)

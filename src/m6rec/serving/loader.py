@@ -116,10 +116,12 @@ def cache_root(cfg: ServeParams) -> Path:
 
 
 def _bundle_root(folder: Path) -> Path:
-    """The bundle inside a downloaded model folder (MLflow puts the artifacts at its top)."""
+    """The bundle inside a downloaded model folder: at its top, one level down, or the pyfunc model's
+    ``artifacts/<name>/`` (m6rec.mlflow_model)."""
     if (folder / "bundle.json").is_file():
         return folder
-    inner = [p for p in folder.iterdir() if (p / "bundle.json").is_file()] if folder.is_dir() else []
+    inner = ([p for p in (*folder.iterdir(), *folder.glob("artifacts/*")) if (p / "bundle.json").is_file()]
+             if folder.is_dir() else [])
     if len(inner) != 1:
         raise StartupError(f"downloaded model folder {folder} holds no serving bundle (no bundle.json)")
     return inner[0]

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                tracking.data_version(paths=[cfg.in_dir]))
             export_model(cfg.bundle, served, {d: datas[d] for d in served}, prepared, meta)
             tracking.log_artifact(Path(cfg.bundle) / "bundle.json")
+            tracking.log_bundle_model(cfg.bundle, prepared)
     log.info("baselines done: %s", cfg.metrics)
     return 0
 

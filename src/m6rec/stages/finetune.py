@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 domains, meta = merge_bundles(cfg.source_bundle, domains, meta)
             bundle = export_bundle(cfg.bundle, domains, meta)
             tracking.log_artifact(bundle / "bundle.json")
+            tracking.log_bundle_model(bundle, prepared)
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
     log.info("finetune done in %.1fs -> %s", time.perf_counter() - t0, cfg.metrics)

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(cfg.metrics)
         tracking.log_artifact(cfg.explanations)
         tracking.log_artifact(bundle / "bundle.json")
+        tracking.log_bundle_model(bundle, prepared)
     log.info("multitask done in %.1fs -> %s, %s, %s", time.perf_counter() - t0, out, cfg.metrics, cfg.explanations)
     return 0
 

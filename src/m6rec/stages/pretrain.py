@@ -96,6 +96,7 @@ def _main(params_path: str, env: DistEnv) -> int:
                            encoder_max_seq_length=emb_meta.get("max_seq_length") if emb_meta else None)
         export_model(cfg.bundle, model, datas, prepared, meta)
         tracking.log_artifact(Path(cfg.bundle) / "bundle.json")
+        tracking.log_bundle_model(cfg.bundle, prepared)
     out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,
                           meta=checkpoint_meta(graph, emb_meta, info))
     write_json(cfg.metrics, metrics)
