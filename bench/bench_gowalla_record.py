@@ -115,7 +115,8 @@ def main() -> int:
         "curve": curve, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "lightgcn_s_per_epoch": [round(t, 1) for t in lgcn],
         "recbole_lightgcn_s_per_epoch": RECBOLE_LIGHTGCN_S_PER_EPOCH,
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_average": os.getloadavg()[0],
+                    "python": platform.python_version(),
                     "torch": torch.__version__},
         "command": "python bench/bench_gowalla_record.py " + " ".join(sys.argv[1:]),
     }
