@@ -22,6 +22,12 @@ c)`` is the item's popularity in the domain's observed input histories (never te
 MLP learned on the source domains. The whole score is a dot product of ``[scale h, beta ū, 1]`` and ``[e_i, t_i,
 gate(p_i)]``, which is how :meth:`UniversalSeqRec.export` serves it (:class:`m6rec.models.base.DotExport`).
 
+At inference the three terms can be re-weighted (:meth:`UniversalSeqRec.set_mix`) and the text term replaced by a
+soft-max kernel over the history items, ``tau * log mean_j exp(<t_j, t_i> / tau)`` (:meth:`text_kernel`: the mean
+cosine as ``tau -> inf``, the best single match as ``tau -> 0``); :func:`m6rec.training.seqrec.calibrate_mix` picks
+both on a target's observed input histories (each user's last training item), no label read. The kernel is not a
+dot product, so a model using it is not exported.
+
 Training (:meth:`UniversalSeqRec.calculate_loss`): next-item prediction at every position of training sequences
 from all source domains, sampled softmax over the batch's distinct target items (mixed domains) with log-Q
 correction ``s - log q_j`` for their sampling frequency (Yi et al., RecSys 2019).
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m6rec.models.base import DotExport
+from m6rec.models.base import DotExport, NotServableError
 
 FINETUNE_MODES = ("zero_shot", "efficient", "full", "scratch")
 # Parameter groups by name pattern (fnmatch); every parameter belongs to exactly one.
@@ -166,6 +172,10 @@ class UniversalSeqRec(nn.Module):
         self.ids = nn.ModuleDict()
         self.tables: dict[str, DomainTable] = {}
         self.histories: dict[str, np.ndarray] = {}
+        # Multipliers of the three score terms at inference (1, 1, 1 = the trained model); see :meth:`set_mix`.
+        self.mix = {"seq": 1.0, "text": 1.0, "pop": 1.0}
+        # None: the text term is the trained <ū, t_i>; a float: the soft-max kernel of :meth:`text_kernel`.
+        self.text_tau: float | None = None
 
     def config(self) -> dict[str, Any]:
         return dict(self.args)
@@ -276,8 +286,10 @@ class UniversalSeqRec(nn.Module):
         try:
             h, u = self.user_state(domain, history)
             tab = self.table(domain)
-            return self.scale * h @ self.item_vectors(domain).T + self.beta * u @ tab.text.T \
-                + self.pop_score(domain).unsqueeze(0)
+            m = self.mix
+            text = u @ tab.text.T if self.text_tau is None else self.text_kernel(domain, history, self.text_tau)
+            return m["seq"] * self.scale * h @ self.item_vectors(domain).T + m["text"] * self.beta * text \
+                + m["pop"] * self.pop_score(domain).unsqueeze(0)
         finally:
             self.train(was)
 
@@ -298,6 +310,28 @@ class UniversalSeqRec(nn.Module):
         finally:
             self.train(was)
 
+    @torch.no_grad()
+    def text_kernel(self, domain: str, history: np.ndarray | Tensor, tau: float, chunk: int = 32) -> Tensor:
+        """Soft-max text similarity ``tau * log mean_j exp(<t_j, t_i> / tau)`` over the history items ``j``
+        ``[B, n_items]``: the mean cosine as ``tau -> inf`` (the ranking of :meth:`text_state`'s term), the best
+        single match as ``tau -> 0``. Not a dot product, hence inference only (not exported)."""
+        hist = self._fit_len(torch.as_tensor(np.asarray(history), dtype=torch.long))
+        text = self.table(domain).text
+        out = []
+        for s in range(0, len(hist), chunk):
+            h = hist[s: s + chunk]
+            valid = h >= 0
+            w = torch.log(valid.float() / valid.sum(1, keepdim=True).clamp(min=1)).unsqueeze(-1)  # log(1/n), -inf pad
+            sims = text[h.clamp(min=0)] @ text.T / tau + w
+            k = tau * torch.logsumexp(sims, dim=1)
+            out.append(torch.where(valid.any(1, keepdim=True), k, torch.zeros_like(k)))
+        return torch.cat(out) if out else torch.zeros(0, len(text))
+
+    def set_mix(self, seq: float = 1.0, text: float = 1.0, pop: float = 1.0) -> None:
+        """Multipliers of the sequence, text-residual and popularity terms of the score (inference only; e.g.
+        calibrated on a target's observed histories, or 0 to ablate a term)."""
+        self.mix = {"seq": float(seq), "text": float(text), "pop": float(pop)}
+
     # ---- serving -----------------------------------------------------------------------------------------------
     def set_histories(self, domain: str, history: np.ndarray) -> None:
         """Every user's serving history ``[n_users, L]`` (e.g. train + valid) for :meth:`export`."""
@@ -310,6 +344,9 @@ class UniversalSeqRec(nn.Module):
         serving histories). The text projection is left to the exporter (ridge on the concatenated vectors)."""
         if domain not in self.histories:
             raise KeyError(f"{self.name}.export('{domain}'): call set_histories('{domain}', ...) first")
+        if self.text_tau is not None:
+            raise NotServableError(f"{self.name} with the text kernel (text_tau={self.text_tau}) is not a dot "
+                                   "product: set text_tau = None to export, or serve it as a text-kernel bundle")
         was = self.training
         self.eval()
         try:
@@ -321,7 +358,9 @@ class UniversalSeqRec(nn.Module):
                 hs.append(h)
                 us.append(u)
             h, u = torch.cat(hs), torch.cat(us)
-            users = torch.cat([self.scale * h, self.beta * u, torch.ones(len(h), 1)], 1)
+            m = self.mix
+            users = torch.cat([m["seq"] * self.scale * h, m["text"] * self.beta * u,
+                               torch.full((len(h), 1), m["pop"])], 1)
             items = torch.cat([self.item_vectors(domain), tab.text, self.pop_score(domain).unsqueeze(1)], 1)
             return DotExport(item_vectors=items.numpy().astype(np.float32),
                              user_vectors=users.numpy().astype(np.float32), item_text_vectors=tab.text.numpy())

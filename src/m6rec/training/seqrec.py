@@ -20,7 +20,7 @@ import torch
 
 from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData
-from m6rec.data.sequences import user_sequences
+from m6rec.data.sequences import history_window, user_sequences
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.seqrec import DomainTable, UniversalSeqRec, popularity_feature, sequence_chunks
 from m6rec.training.loop import FitHistory, fit
@@ -180,5 +180,64 @@ def finetune(pretrained: UniversalSeqRec | None, data: DomainData, text: np.ndar
     return model, hist
 
 
-__all__ = ["SeqRecTrainParams", "attach", "joint_catalogue", "training_windows", "BatchMaker", "validation",
+def observed_holdout(data: DomainData, max_len: int, max_users: int = 1000, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Label-free check on a domain's observed input histories: each sampled user's last *training* item is the
+    target, the training items before it the input (and masked). Returns (inputs [n, L], targets [n], masks)."""
+    seq = user_sequences(data, ("train",))
+    lengths = np.diff(seq.indptr)
+    users = np.flatnonzero(lengths >= 3)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    ends = seq.indptr[users + 1] - 1
+    inputs = history_window(seq, ends, seq.indptr[users], max_len)
+    masks = [seq.items[seq.indptr[u]: e] for u, e in zip(users, ends)]
+    return inputs, seq.items[ends], masks
+
+
+def calibrate_mix(model: UniversalSeqRec, data: DomainData,
+                  grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+                  taus: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2), k: int = 10, seed: int = 0
+                  ) -> dict[str, float | None]:
+    """Choose the score terms' multipliers (:meth:`UniversalSeqRec.set_mix`; text fixed at 1) and the text term
+    (trained mean cosine, or the kernel at one of `taus`) by NDCG@k of each user's last observed training item
+    (:func:`observed_holdout`): no validation or test label is read. Sets them on the model and returns them."""
+    inputs, targets, masks = observed_holdout(data, model.history_len, seed=seed)
+    model.set_mix()
+    model.text_tau = None
+    if not len(targets):
+        return {**model.mix, "text_tau": None}
+    users = np.arange(len(inputs))
+    parts = {}
+    for term in ("seq", "pop"):
+        model.set_mix(**{t: float(t == term) for t in ("seq", "text", "pop")})
+        parts[term] = model.full_scores(data.name, users, inputs)
+    texts = {}
+    model.set_mix(seq=0.0, text=1.0, pop=0.0)
+    for tau in taus:
+        model.text_tau = tau
+        texts[tau] = model.full_scores(data.name, users, inputs)
+    rows = torch.from_numpy(np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]))
+    cols = torch.from_numpy(np.concatenate(masks))
+    idx, tgt = torch.arange(len(targets)), torch.from_numpy(targets)
+    best, choice = -1.0, (1.0, 1.0, None)
+    for tau, text in texts.items():
+        for ws in grid:
+            for wp in grid:
+                scores = ws * parts["seq"] + text + wp * parts["pop"]
+                target_score = scores[idx, tgt].clone()
+                scores[rows, cols] = float("-inf")
+                rank = (scores > target_score.unsqueeze(1)).sum(1)
+                ndcg = float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros(())).mean())
+                if ndcg > best + 1e-9:
+                    best, choice = ndcg, (ws, wp, tau)
+    model.set_mix(seq=choice[0], text=1.0, pop=choice[1])
+    model.text_tau = choice[2]
+    log.info("%s: calibrated seq %.2f pop %.2f text_tau %s (observed-history ndcg@%d %.4f)", data.name, choice[0],
+             choice[1], choice[2], k, best)
+    return {**model.mix, "text_tau": choice[2]}
+
+
+__all__ = ["observed_holdout", "calibrate_mix", "SeqRecTrainParams", "attach", "joint_catalogue", "training_windows",
+           "BatchMaker", "validation",
            "pretrain", "fraction_users", "finetune", "train_counts"]
