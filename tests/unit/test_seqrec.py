@@ -27,11 +27,11 @@ FAST = dict(dim=32, layers=1, heads=2, max_len=20)
 
 @pytest.fixture(scope="module")
 def amazon(tmp_path_factory):
-    """Two real Amazon domains (300 sampled users each) and real MiniLM vectors of their interacted items."""
+    """Two real Amazon domains (200 sampled users each) and real MiniLM vectors of their interacted items."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("seqrec") / "prepared"
     prepare_datasets(mirror_dir(), out, REPO / "config" / "datasets.yaml",
-                     PrepareParams(domains=(SOURCE, TARGET), max_users=300))
+                     PrepareParams(domains=(SOURCE, TARGET), max_users=200))
     prepared = load_prepared(out)
     cfg = TextEmbeddingsParams(in_dir=str(out), out_dir=str(out), only_interacted=True, dtype="float32")
     vecs, _, meta = embed_items(prepared, cfg, cache=EmbeddingCache())
@@ -46,7 +46,7 @@ def pretrained(amazon):
     torch.manual_seed(0)
     model = UniversalSeqRec(**FAST)
     pretrain(model, {SOURCE: datas[SOURCE]}, text, PROTOCOL,
-             SeqRecTrainParams(epochs=3, batch_size=64, lr=2e-3, valid_users=0, seed=0))
+             SeqRecTrainParams(epochs=2, batch_size=64, lr=2e-3, valid_users=0, seed=0))
     return model
 
 
