@@ -254,6 +254,9 @@ class TextEmbeddingsParams:
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
+TEST_INPUTS = ("train_valid", "train")
+
+
 @dataclass(frozen=True)
 class ProtocolParams:
     """`protocol`: the evaluation settings every model stage shares (m6rec.evaluation.protocol)."""
@@ -261,6 +264,11 @@ class ProtocolParams:
     ks: tuple[int, ...] = (10, 20)  # cut-offs for Recall/NDCG/Hit/Precision/Coverage
     batch_users: int = 2048  # users per full-ranking batch, every model and stage (models bound their own memory)
     select_metric: str = "ndcg@20"  # validation metric for early stopping and model selection
+    test_input: str = "train_valid"  # what a model sees of a user at test / cold time: train_valid (as served) | train
+
+    def __post_init__(self) -> None:
+        if self.test_input not in TEST_INPUTS:
+            raise ConfigError(f"params.yaml protocol.test_input: {self.test_input!r}; allowed: {list(TEST_INPUTS)}")
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,29 @@ from sklearn.metrics import roc_auc_score
 from m6rec.config import ProtocolParams, TrainParams
 from m6rec.data.dataset import DomainData
 from m6rec.data.negatives import KnownPairs, reject_known
-from m6rec.data.sequences import history_window, split_histories, user_sequences, window_mean
+from m6rec.data.sequences import history_window, user_sequences, window_mean
 from m6rec.evaluation.metrics import rating_metrics
-from m6rec.evaluation.protocol import evaluate
+from m6rec.evaluation.protocol import evaluate, input_histories, input_splits
 from m6rec.models.multitask import Catalogue, MultiTaskRecommender
 
 log = logging.getLogger(__name__)
 
 
-def split_history_ratings(data: DomainData, max_len: int) -> dict[str, np.ndarray]:
-    """Mean rating of each user's :func:`split_histories` window (NaN on implicit domains or without history)."""
+def split_history_ratings(data: DomainData, max_len: int, test_input: str = "train_valid"
+                          ) -> dict[str, np.ndarray]:
+    """Mean rating of each user's :func:`m6rec.evaluation.protocol.input_histories` window per split (NaN on
+    implicit domains or without history)."""
     out = {}
-    for split, source in (("valid", ("train",)), ("test", ("train", "valid"))):
-        seq = user_sequences(data, source)
+    for split in ("valid", "test", "cold"):
+        seq = user_sequences(data, input_splits(split, test_input))
         out[split] = (window_mean(seq, seq.indptr[1:], seq.indptr[:-1], max_len) if data.explicit
                       else np.full(data.n_users, np.nan))
-    out["cold"] = out["test"]
     return out
+
+
+def split_inputs(data: DomainData, max_len: int, test_input: str = "train_valid") -> dict[str, np.ndarray]:
+    """``{split: input_histories}`` for valid, test and cold."""
+    return {s: input_histories(data, max_len, s, test_input) for s in ("valid", "test", "cold")}
 
 
 def _pair_outputs(model: MultiTaskRecommender, domain: int, history: np.ndarray, rating: np.ndarray,
@@ -115,8 +121,8 @@ def evaluate_model(model: MultiTaskRecommender, datas: dict[str, DomainData], sp
         for d, data in datas.items():
             k = model.domain_index(d)
             cat = model.cached_catalogue(k)
-            hists = split_histories(data, model.history_len) if pairs else {}
-            ratings = split_history_ratings(data, model.history_len) if pairs else {}
+            hists = split_inputs(data, model.history_len, protocol.test_input) if pairs else {}
+            ratings = split_history_ratings(data, model.history_len, protocol.test_input) if pairs else {}
             if pairs and data.explicit and model.task_weights["rating"] == 0:
                 calibrate(model, k, data, cat, seed=train.seed)
             res: dict[str, dict] = {}

@@ -16,6 +16,11 @@ Item id embeddings of items with text start at zero, so ``E_item`` is a learned 
 projection: an item that never receives a gradient (a cold-start item, an item of a domain left out of the graph)
 keeps a pure text vector, ``e_i = alpha_0 W t_i`` (it has no neighbours to propagate from).
 
+Fold-in (scoring a user from interactions beyond the training graph, e.g. train + valid at test time, as served):
+the propagated item vectors stay fixed and the user's vector is refitted to their items by
+:func:`m6rec.models.mf.ridge_fold_in` (re-propagating a graph with the new edges would move every item vector and
+change what was selected on validation).
+
 Propagation uses the torch-geometric ``LGConv`` operator (``normalize=False``: the adjacency is already normalised)
 or, by default, the same product through :class:`SymmetricSparseMM`, whose backward reuses ``Â`` instead of
 transposing it (``Â`` is symmetric), which is several times faster on the CPU.
@@ -31,9 +36,13 @@ from torch import Tensor, nn
 from torch_geometric.nn import LGConv
 from torch_geometric.nn.models.lightgcn import BPRLoss
 
+import scipy.sparse as sp
+
 from m6rec.models.base import DotExport
+from m6rec.models.mf import ridge_fold_in
 
 PROPAGATIONS = ("symmetric", "lgconv")
+FOLD_IN_REG, FOLD_IN_W0 = 10.0, 0.0  # ridge_fold_in's λ and w0: BPR-MF's choice (not tuned on LightGCN)
 
 
 class SymmetricSparseMM(torch.autograd.Function):
@@ -212,6 +221,9 @@ class TextLightGCN(nn.Module):
     # ---- the model contract (m6rec.models.base) ------------------------------------------------------------------
     history_len = 0
     name = "lightgcn"
+    folds_in = True  # export(domain, known=rows): user vectors folded in from `known` (m6rec.serving.export)
+    fold_in_reg = FOLD_IN_REG  # λ of ridge_fold_in
+    fold_in_w0 = FOLD_IN_W0  # weight of the unobserved items in ridge_fold_in
 
     def set_domains(self, domains: dict[str, tuple[int, int, int, int]]) -> TextLightGCN:
         """Name the domains of the global id space: ``{domain: (user_offset, n_users, item_offset, n_items)}``.
@@ -247,19 +259,36 @@ class TextLightGCN(nn.Module):
         return layout[domain]
 
     @torch.no_grad()
-    def full_scores(self, domain: str, users: np.ndarray, history: np.ndarray | None = None) -> Tensor:
-        """Scores ``[B, n_items of domain]`` of the domain's local `users`."""
+    def fold_in(self, domain: str, users: np.ndarray, rows: sp.spmatrix) -> Tensor:
+        """Vectors ``[B, d]`` of the domain's local `users` refitted to their binary `rows` ``[B, n_items of
+        domain]`` (the module docstring's fold-in)."""
+        _, _, i0, ni = self._domain(domain)
+        if rows.shape[0] != len(users):
+            raise ValueError(f"fold-in: {rows.shape[0]} rows for {len(users)} users")
+        _, item_vecs = self.final_embeddings()
+        return ridge_fold_in(rows, item_vecs[i0:i0 + ni], self.fold_in_reg, self.fold_in_w0)
+
+    @torch.no_grad()
+    def full_scores(self, domain: str, users: np.ndarray, history: sp.spmatrix | None = None) -> Tensor:
+        """Scores ``[B, n_items of domain]`` of the domain's local `users`; with `history` (their rows, csr
+        ``[B, n_items of domain]``) from their folded-in vectors."""
         u0, _, i0, ni = self._domain(domain)
         user_vecs, item_vecs = self.final_embeddings()
+        if history is not None:
+            return self.fold_in(domain, users, history) @ item_vecs[i0:i0 + ni].t()
         rows = torch.from_numpy(u0 + np.asarray(users, dtype=np.int64))
         return user_vecs[rows] @ item_vecs[i0:i0 + ni].t()
 
     @torch.no_grad()
-    def export(self, domain: str) -> DotExport:
-        """The domain's propagated user and item vectors; where its items have text, their sentence vectors and
-        the model's own text projection (a never-seen item's vector is ``alpha_0 W t``)."""
+    def export(self, domain: str, known: sp.spmatrix | None = None) -> DotExport:
+        """The domain's propagated user and item vectors (user vectors folded in from `known`, every user's served
+        rows, when given); where its items have text, their sentence vectors and the model's own text projection (a
+        never-seen item's vector is ``alpha_0 W t``)."""
         u0, nu, i0, ni = self._domain(domain)
         user_vecs, item_vecs = self.final_embeddings()
+        if known is not None:
+            user_vecs = user_vecs.clone()
+            user_vecs[u0:u0 + nu] = self.fold_in(domain, np.arange(nu), known)
         text, projection = None, None
         if self.text_proj is not None:
             local = (self.text_items >= i0) & (self.text_items < i0 + ni)

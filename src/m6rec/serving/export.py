@@ -172,7 +172,8 @@ def export_domains(model: Recommender | Mapping[str, Recommender], datas: Mappin
     missing = [d for d in datas if d not in models]
     if missing:
         raise KeyError(f"no model for domain(s) {missing}; models are given for {sorted(models)}")
-    return {d: domain_bundle(models[d].export(d), data, raw_user_ids(prepared, d), ridge_alpha)
+    return {d: domain_bundle(models[d].export(d, known=data.train + data.valid) if getattr(models[d], "folds_in", False)
+                             else models[d].export(d), data, raw_user_ids(prepared, d), ridge_alpha)
             for d, data in datas.items()}
 
 
