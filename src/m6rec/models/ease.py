@@ -11,11 +11,13 @@ factorisation and inverse of an ``n_active``² matrix (LAPACK ``spotrf`` + ``spo
 λ is chosen on the validation split (:func:`m6rec.training.baselines.fit_baseline` refits B for each value of
 ``baselines.ease_lambdas`` and keeps the best validation figure).
 
-Size limit (``max_items``): B and G are dense, 4·n² bytes each in float32, and the inverse costs ~n³ flops. Gowalla's
-40,981 items give 6.7 GB per matrix; G, its in-place inverse and B (plus a float64 Gram during the product) need
-~20-27 GB, more than the 24 GiB of this 2-core box, and at the measured ~6.5 s for a 4,096-item inverse on one core
-(see ``bench/`` figures in the report) the 41k inverse would take ~(41k/4.1k)³ × 6.5 s ≈ 1.8 h. EASE is therefore
-not run on Gowalla here (``max_items`` refuses it with a clear error); a sparse approximation (e.g. SANSA) would be.
+Size limit (``max_items``) and Gowalla: B and G are dense, 4·n² bytes each in float32, and the inverse costs ~n³
+flops. Measured on this 2-core box (one thread, shared): Cholesky inverse of a 2,048² float32 matrix 0.43 s, of a
+4,096² one 2.8 s (the n³ law). Gowalla has 40,981 items: each dense matrix is 40,981² × 4 B = 6.3 GiB, and the fit
+holds G, its inverse and B (plus the symmetrisation's temporaries) at once, ~19-30 GiB: more than the 24 GiB here.
+The inverse alone would take ~(40,981 / 4,096)³ × 2.8 s ≈ 47 min per λ on one core (~25 min on both), so a
+4-value λ grid is 2-3 hours. EASE therefore does not fit Gowalla on this box; ``max_items`` (default 20,000)
+refuses it with a clear error. The small domains fit: at most 13,385 active items (lastfm), 0.67 GiB per matrix.
 """
 
 from __future__ import annotations
