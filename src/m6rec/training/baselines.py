@@ -49,21 +49,20 @@ def train_bprmf(data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams
 
 def train_ease(data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams) -> tuple[EASE, dict]:
     """EASE with λ from ``cfg.ease_lambdas``: the value with the best validation metric (the Gram matrix is built
-    once; each λ costs one Cholesky inverse). Returns the model refitted at the best λ and each λ's figure."""
+    once; each λ costs one Cholesky inverse). Returns the model at the best λ and each λ's figure."""
     if not cfg.ease_lambdas:
         raise ValueError("params.yaml baselines.ease_lambdas is empty")
     model = EASE(cfg.ease_lambdas[0], max_items=cfg.ease_max_items)
     model.domain = data.name
     grid: dict[str, float] = {}
-    best = (float("-inf"), cfg.ease_lambdas[0])
+    best = (float("-inf"), cfg.ease_lambdas[0], None)
     for lam in cfg.ease_lambdas:
         model.fit(data.train, lam)
         grid[str(lam)] = figure = evaluate(model, data, "valid", protocol)[protocol.select_metric]
         log.info("%s ease lambda %g: valid %s %.4f", data.name, lam, protocol.select_metric, figure)
         if figure > best[0]:
-            best = (figure, lam)
-    if model.lam != best[1]:
-        model.fit(data.train, best[1])
+            best = (figure, lam, model.B)
+    model.lam, model.B = best[1], best[2]  # the best λ's B, kept: no refit
     model.release()
     return model, {"lambda": best[1], "lambda_grid": grid}
 
