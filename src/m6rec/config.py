@@ -291,8 +291,9 @@ class BaselinesParams:
     metrics: str = "metrics/baselines.json"  # {domain: {model: {valid, test}}}
     plot: str = "plots/baselines.json"  # test NDCG@10 by domain/model (dvc plots)
     bundle: str = "models/baselines/bundle"  # BPR-MF serving bundle (a promotion candidate)
+    bundles: str = "models/baselines/bundles"  # one serving bundle per ranking baseline: <bundles>/<model>/
     domains: tuple[str, ...] = ()  # () = every prepared domain
-    models: tuple[str, ...] = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als")  # which baselines to run
+    models: tuple[str, ...] = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "ease", "als")  # which baselines
     itemknn_neighbours: int = 100  # neighbours kept per item
     itemknn_shrink: float = 10.0  # similarity shrinkage
     svd_dim: int = 64  # PureSVD rank
@@ -308,7 +309,28 @@ class BaselinesParams:
     als_dim: int = 16  # BiasedALS factors (explicit domains only)
     als_reg: float = 10.0  # BiasedALS ridge penalty
     als_iterations: int = 10  # BiasedALS alternations
+    ease_lambdas: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0)  # EASE ridge grid (best on validation)
+    ease_max_items: int = 20000  # EASE refuses more active items (dense item x item matrices)
     seed: int = 42
+
+
+@dataclass(frozen=True)
+class BlendParams:
+    in_dir: str = "data/validated"  # canonical data (validation fits the weights, test reports)
+    bundles: tuple[str, ...] = ("models/baselines/bundles", "models/pretrain/bundle", "models/multitask/bundle",
+                                "models/finetune/bundle")  # candidate bundles, or folders of bundles
+    bundle: str = "models/blend/bundle"  # the blend's serving bundle
+    metrics: str = "metrics/blend.json"  # {domain: {model: {valid, test}}} (components and blend)
+    domains: tuple[str, ...] = ()  # () = every domain of the candidate bundles that the data has
+    max_components: int = 3  # blend the best N candidates (by validation metric) of each domain
+    step: float = 0.1  # simplex grid step of the weights
+    metric: str = "ndcg@20"  # validation metric the weights maximise
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step <= 1:
+            raise ConfigError(f"blend.step must be in (0, 1], got {self.step}")
+        if self.max_components < 1:
+            raise ConfigError(f"blend.max_components must be >= 1, got {self.max_components}")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_exports_of_the_wrong_size_name_the_domain(tiny_prepared):
         domain_bundle(DotExport(items[:-1], users), data, raw_user)
     with pytest.raises(BundleError, match="amazon-office: the export's user_vectors"):
         domain_bundle(DotExport(items, users[:-1]), data, raw_user)
-    with pytest.raises(TypeError, match="DotExport or HistoryExport"):
+    with pytest.raises(TypeError, match=r"expected a model export \(m6rec.models.base.Export\), got TextProjection"):
         domain_bundle(TextProjection(np.zeros((2, 2), np.float32), np.zeros(2, np.float32)), data, raw_user)
 
 

@@ -37,14 +37,16 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["baselines"].update(in_dir=str(tiny_prepared_dir), out_dir=str(tmp_path / "models"),
                                metrics=str(tmp_path / "m.json"), plot=str(tmp_path / "p.json"),
-                               bundle=str(tmp_path / "bundle"),
+                               bundle=str(tmp_path / "bundle"), bundles=str(tmp_path / "bundles"),
+                               ease_lambdas=[50.0, 200.0],
                                domains=["ml-latest-small", "lastfm-hetrec2011"], mf_epochs=2, mf_eval_every=1)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     assert baselines.main(["--params", str(path)]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"ml-latest-small", "lastfm-hetrec2011"}
-    assert set(metrics["ml-latest-small"]) == {"mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als"}
+    assert set(metrics["ml-latest-small"]) == {"mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "ease",
+                                                  "als"}
     assert "als" not in metrics["lastfm-hetrec2011"]  # implicit feedback has no ratings to predict
     for split in ("valid", "test"):
         m = metrics["lastfm-hetrec2011"]["bprmf"][split]
@@ -60,6 +62,16 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     assert bundle.meta["model"] == "bprmf"
     assert set(bundle.domains) == {"ml-latest-small", "lastfm-hetrec2011"}
     assert bundle.meta["metrics"]["lastfm-hetrec2011"]["bprmf"]["test"] == metrics["lastfm-hetrec2011"]["bprmf"]["test"]
+    # Every ranking model has its own bundle, every domain in it: bundles/<model>/, meta model = <model>.
+    kinds = {"mostpop": "popularity", "itemknn": "itemitem", "puresvd": "dot", "gfcf": "graphfilter",
+             "bprmf": "dot", "ease": "itemitem"}
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == sorted(kinds)
+    for name, kind in kinds.items():
+        b = load_bundle(tmp_path / "bundles" / name)
+        assert b.meta["model"] == name and b.meta["stage"] == "baselines"
+        assert {d.kind for d in b.domains.values()} == {kind}
+        assert b.meta["metrics"]["ml-latest-small"][name]["test"] == metrics["ml-latest-small"][name]["test"]
+    assert metrics["ml-latest-small"]["ease"]["lambda"] in (50.0, 200.0)
     # And the run is in MLflow with its metrics.
     import mlflow
 

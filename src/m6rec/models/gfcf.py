@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import svds
 
-from m6rec.models.base import SingleDomain
+from m6rec.models.base import GraphFilterExport, SingleDomain
 
 _CHUNK = 1024  # users scored at once
 
@@ -49,19 +49,37 @@ class GFCF(SingleDomain):
         return self
 
     def full_scores(self, domain: str, users: np.ndarray, history: np.ndarray | None = None) -> torch.Tensor:
-        """Scores in chunks of ``_CHUNK`` users: the sparse intermediate ``r_b R̃ᵀ`` grows with the batch."""
+        """Scores in chunks of ``_CHUNK`` users: the sparse intermediate ``r_b R̃ᵀ`` grows with the batch. A sparse
+        ``history`` (the users' rows the split may see) replaces the training rows."""
         self.check_domain(domain)
+        if self.train is None:
+            raise RuntimeError("GFCF.score called before fit")
         users = np.asarray(users, dtype=np.int64)
-        return torch.cat([self.score(users[s:s + _CHUNK]) for s in range(0, len(users), _CHUNK)] or
+        rows = sp.csr_matrix(history, dtype=np.float32) if sp.issparse(history) else self.train[users]
+        return torch.cat([self.score_rows(rows[s:s + _CHUNK]) for s in range(0, rows.shape[0], _CHUNK)] or
                          [torch.zeros(0, self.train.shape[1])])
 
     def score(self, users: np.ndarray) -> torch.Tensor:
         if self.train is None:
             raise RuntimeError("GFCF.score called before fit")
-        rb = self.train[users]
+        return self.score_rows(self.train[users])
+
+    def score_rows(self, rb: sp.csr_matrix) -> torch.Tensor:
+        """Scores of interaction rows ``[B, n_items]`` through both filters."""
         linear = torch.from_numpy(np.asarray(((rb @ self.norm_t) @ self.norm).todense(), dtype=np.float32))
         if self.vt is None:
             return linear
         scaled = torch.from_numpy(rb.multiply(self.inv_i[None, :]).toarray().astype(np.float32))
         ideal = (scaled @ self.vt.T) @ self.vt * torch.from_numpy(self.sqrt_i)
         return linear + self.alpha * ideal
+
+    def export(self, domain: str) -> GraphFilterExport:
+        """R̃, the ideal low-pass basis and the degree normalisation (the item vectors are the basis' columns)."""
+        self.check_domain(domain)
+        if self.train is None:
+            raise RuntimeError("GFCF.export called before fit")
+        n_items = self.train.shape[1]
+        basis = np.zeros((0, n_items), np.float32) if self.vt is None else self.vt.numpy().copy()
+        return GraphFilterExport(norm=self.norm.copy(), basis=basis, inv_degree=self.inv_i.copy(),
+                                 sqrt_degree=self.sqrt_i.copy(), alpha=float(self.alpha if self.vt is not None else 0),
+                                 item_vectors=None if self.vt is None else np.ascontiguousarray(basis.T))

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from m6rec.models.base import SingleDomain
+from m6rec.models.base import ItemItemExport, SingleDomain
 
 
 class ItemKNN(SingleDomain):
@@ -55,4 +55,17 @@ class ItemKNN(SingleDomain):
     def score(self, users: np.ndarray) -> torch.Tensor:
         if self.sim is None or self.train is None:
             raise RuntimeError("ItemKNN.score called before fit")
-        return torch.from_numpy((self.train[users] @ self.sim).toarray())
+        return self.score_rows(self.train[users])
+
+    def score_rows(self, rows: sp.csr_matrix) -> torch.Tensor:
+        """Scores of interaction rows ``[B, n_items]`` (e.g. train + valid at test time)."""
+        if self.sim is None:
+            raise RuntimeError("ItemKNN.score called before fit")
+        return torch.from_numpy(np.asarray((rows @ self.sim).toarray(), dtype=np.float32))
+
+    def export(self, domain: str) -> ItemItemExport:
+        """The pruned similarity matrix, sparse (top ``neighbours`` per item)."""
+        self.check_domain(domain)
+        if self.sim is None:
+            raise RuntimeError("ItemKNN.export called before fit")
+        return ItemItemExport(matrix=self.sim.copy())

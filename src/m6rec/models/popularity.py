@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from m6rec.models.base import SingleDomain
+from m6rec.models.base import PopularityExport, SingleDomain
 
 
 class MostPopular(SingleDomain):
@@ -23,3 +23,13 @@ class MostPopular(SingleDomain):
         if self.counts is None:
             raise RuntimeError("MostPopular.score called before fit")
         return self.counts.unsqueeze(0).expand(len(users), -1)
+
+    def score_rows(self, rows: sp.csr_matrix) -> torch.Tensor:
+        """The same counts for any interaction rows (popularity ignores the user)."""
+        return self.score(np.zeros(rows.shape[0], dtype=np.int64))
+
+    def export(self, domain: str) -> PopularityExport:
+        self.check_domain(domain)
+        if self.counts is None:
+            raise RuntimeError("MostPopular.export called before fit")
+        return PopularityExport(counts=self.counts.numpy().copy())

@@ -11,7 +11,14 @@ so that the service starts light. A domain scores users in one of two ways:
 * ``history``: a user is their recent items, pooled by :class:`m6rec.models.attention.HistoryAttention` (multi-interest
   target attention or a mean): the bundle holds each user's history and the pooling's weights, and
   :mod:`m6rec.serving.scoring` rebuilds the module, so that serving scores exactly as the model did in evaluation and
-  can show the attention behind a recommendation.
+  can show the attention behind a recommendation;
+* ``itemitem`` (ItemKNN, EASE): ``score(u) = history[u] @ matrix``; ``history`` is each user's train + valid row,
+  ``matrix`` sparse ``[n_items, n_items]`` or dense over the ``active`` items;
+* ``graphfilter`` (GF-CF): ``score(u) = (h R̃ᵀ) R̃ + alpha ((h * inv_degree) basisᵀ basis) * sqrt_degree`` with
+  ``h = history[u]``;
+* ``popularity`` (MostPopular): every user scores ``counts``;
+* ``blend``: ``sum_c weight_c * z_c(u)`` over component domain bundles, with ``z_c`` the per-user z-score of component
+  c's scores over the catalogue (``(s - mean) / std``).
 
 Nothing is pickled: arrays are ``.npy`` / ``.npz`` (loaded with ``allow_pickle=False``) and everything else is JSON.
 
@@ -25,6 +32,15 @@ Layout of a bundle folder::
                                       first, right-aligned, -1 padded; ``recency`` [K, L] (optional); every other key
                                       is a HistoryAttention state-dict entry; its constructor arguments are
                                       bundle.json's ``domains.<domain>.history_scorer``
+    <domain>/history.npz              (itemitem, graphfilter) scipy csr [n_users, n_items]: train + valid, binary
+    <domain>/item_matrix.npz|.npy     (itemitem) csr [n_items, n_items], or dense [n_active, n_active] with
+    <domain>/item_active.npy          int64 [n_active] (dense only); bundle.json ``item_matrix``: sparse | dense
+    <domain>/filter_norm.npz          (graphfilter) csr R̃ [n_train_users, n_items]
+    <domain>/filter.npz               (graphfilter) basis [k, n_items], inv_degree, sqrt_degree [n_items]; alpha in
+                                      bundle.json ``graph_filter``
+    <domain>/popularity_scores.npy    (popularity) float32 [n_items]
+    <domain>/components/<i>/          (blend) one domain folder per component, same layout; bundle.json ``blend``:
+                                      names, weights, standardise, components (each component's domain entry)
     <domain>/popularity.npy           float32 [n_items]: train interactions per item (fallback ranking)
     <domain>/seen.npz                 scipy csr [n_users, n_items], train + valid items of each user (masked)
     <domain>/ids.json                 {"raw_item": [...], "title": [...], "raw_user": [...]} (source ids, display)
@@ -53,7 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 
 FORMAT = "m6rec-bundle"
-FORMAT_VERSION = 2  # 2: optional history scorer (1: dot products only; still read)
+FORMAT_VERSION = 3  # 3: item-item, graph-filter, popularity and blend scorers; 2: history scorer; 1: dot only (all read)
 META_FILE = "bundle.json"
 METRIC_SPLITS = ("valid", "test", "cold")  # the evaluation splits a bundle's meta records
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -114,6 +130,147 @@ class HistoryScorer:
 
 
 _SCORER_RESERVED = ("history", "recency")
+HistoryScorer.kind = "history"
+STANDARDISE = ("user-z",)
+
+
+def _csr(m: Any, name: str) -> sp.csr_matrix:
+    if not sp.issparse(m):
+        raise BundleError(f"{name} must be a scipy sparse matrix, got {type(m).__name__}")
+    m = sp.csr_matrix(m, dtype=np.float32)
+    if not np.isfinite(m.data).all():
+        raise BundleError(f"{name} holds NaN or inf values")
+    return m
+
+
+def _vector(v: Any, n: int, name: str) -> None:
+    if not isinstance(v, np.ndarray) or v.shape != (n,) or not np.isfinite(v).all():
+        raise BundleError(f"{name} must be a finite [{n}] array, got {getattr(v, 'shape', type(v).__name__)}")
+
+
+@dataclass(frozen=True, eq=False)
+class ItemItemScorer:
+    """``scores = history @ matrix`` (ItemKNN, EASE): ``history`` csr [n_users, n_items] (train + valid);
+    ``matrix`` csr [n_items, n_items] or dense [n_active, n_active] over the sorted items ``active``."""
+
+    history: sp.csr_matrix
+    matrix: np.ndarray | sp.csr_matrix
+    active: np.ndarray | None = None
+
+    kind = "itemitem"
+
+    @property
+    def n_users(self) -> int:
+        return int(self.history.shape[0])
+
+    @property
+    def dense(self) -> bool:
+        return not sp.issparse(self.matrix)
+
+    def check(self, n_items: int) -> None:
+        h = _csr(self.history, "itemitem history")
+        if h.shape[1] != n_items:
+            raise BundleError(f"itemitem history has {h.shape[1]} items, expected {n_items}")
+        if self.dense:
+            if self.active is None:
+                raise BundleError("a dense itemitem matrix needs its active items")
+            act = np.asarray(self.active)
+            n = len(act)
+            if not np.issubdtype(act.dtype, np.integer) or act.ndim != 1 or (n and (act.min() < 0 or
+                                                                                   act.max() >= n_items)):
+                raise BundleError(f"itemitem active must be integer item indices in [0, {n_items})")
+            if not isinstance(self.matrix, np.ndarray) or self.matrix.shape != (n, n):
+                raise BundleError(f"dense itemitem matrix must be [{n}, {n}] (active items), got "
+                                  f"{getattr(self.matrix, 'shape', None)}")
+            if not np.isfinite(self.matrix).all():
+                raise BundleError("itemitem matrix holds NaN or inf values")
+        else:
+            m = _csr(self.matrix, "itemitem matrix")
+            if m.shape != (n_items, n_items):
+                raise BundleError(f"itemitem matrix has shape {m.shape}, expected {(n_items, n_items)}")
+
+
+@dataclass(frozen=True, eq=False)
+class GraphFilterScorer:
+    """GF-CF's two filters on a user's train + valid row (see the module docstring)."""
+
+    history: sp.csr_matrix
+    norm: sp.csr_matrix  # [n_train_users, n_items]
+    basis: np.ndarray  # float32 [k, n_items]
+    inv_degree: np.ndarray  # float32 [n_items]
+    sqrt_degree: np.ndarray  # float32 [n_items]
+    alpha: float
+
+    kind = "graphfilter"
+
+    @property
+    def n_users(self) -> int:
+        return int(self.history.shape[0])
+
+    def check(self, n_items: int) -> None:
+        for name, m in (("graphfilter history", self.history), ("graphfilter norm", self.norm)):
+            if _csr(m, name).shape[1] != n_items:
+                raise BundleError(f"{name} has {m.shape[1]} items, expected {n_items}")
+        if not isinstance(self.basis, np.ndarray) or self.basis.ndim != 2 or self.basis.shape[1] != n_items:
+            raise BundleError(f"graphfilter basis must be [k, {n_items}], got {getattr(self.basis, 'shape', None)}")
+        _vector(self.inv_degree, n_items, "graphfilter inv_degree")
+        _vector(self.sqrt_degree, n_items, "graphfilter sqrt_degree")
+        if not np.isfinite(self.alpha):
+            raise BundleError("graphfilter alpha must be finite")
+
+
+@dataclass(frozen=True, eq=False)
+class PopularityScorer:
+    """Every one of ``n_users`` users scores ``counts``."""
+
+    counts: np.ndarray  # float32 [n_items]
+    users: int
+
+    kind = "popularity"
+
+    @property
+    def n_users(self) -> int:
+        return int(self.users)
+
+    def check(self, n_items: int) -> None:
+        _vector(self.counts, n_items, "popularity scores")
+
+
+@dataclass(frozen=True, eq=False)
+class BlendScorer:
+    """``sum_c weights[c] * standardise(component c's scores)``; components are DomainBundles of the same users and
+    items (same raw ids), none of them a blend."""
+
+    components: tuple["DomainBundle", ...]
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    standardise: str = "user-z"
+
+    kind = "blend"
+
+    @property
+    def n_users(self) -> int:
+        return self.components[0].n_users if self.components else 0
+
+    def check(self, n_items: int) -> None:
+        if not self.components:
+            raise BundleError("a blend needs at least one component")
+        if not (len(self.components) == len(self.names) == len(self.weights)):
+            raise BundleError(f"blend has {len(self.components)} components, {len(self.names)} names and "
+                              f"{len(self.weights)} weights")
+        if self.standardise not in STANDARDISE:
+            raise BundleError(f"blend standardise {self.standardise!r} is not one of {STANDARDISE}")
+        if not all(np.isfinite(w) for w in self.weights):
+            raise BundleError("blend weights must be finite")
+        for name, c in zip(self.names, self.components):
+            if c.kind == "blend":
+                raise BundleError(f"blend component {name!r} is itself a blend")
+            if c.n_items != n_items or c.n_users != self.n_users:
+                raise BundleError(f"blend component {name!r} has {c.n_users} users x {c.n_items} items, expected "
+                                  f"{self.n_users} x {n_items}")
+
+
+RowScorer = ItemItemScorer | GraphFilterScorer | PopularityScorer | BlendScorer
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,13 +287,18 @@ class DomainBundle:
     raw_user: tuple[str, ...]  # [n_users]
     item_text_vectors: np.ndarray | None = None  # float32 [n_items, text_dim]
     text_projection: TextProjection | None = None
-    scorer: HistoryScorer | None = None
+    scorer: "HistoryScorer | RowScorer | None" = None
 
     def __post_init__(self) -> None:
         n_items, d = _shape2(self.item_vectors, "item_vectors")
         if (self.user_vectors is None) == (self.scorer is None):
             raise BundleError("a domain needs exactly one of user_vectors (dot scorer) and scorer (history scorer)")
-        if self.scorer is None:
+        if self.scorer is not None and not isinstance(self.scorer, HistoryScorer):
+            if not hasattr(self.scorer, "check"):
+                raise BundleError(f"unknown scorer type {type(self.scorer).__name__}")
+            self.scorer.check(n_items)
+            n_users = self.scorer.n_users
+        elif self.scorer is None:
             n_users, du = _shape2(self.user_vectors, "user_vectors")
             if du != d:
                 raise BundleError(f"user_vectors has dim {du} but item_vectors has dim {d}")
@@ -175,14 +337,16 @@ class DomainBundle:
 
     @property
     def n_users(self) -> int:
-        if self.scorer is not None:
+        if isinstance(self.scorer, HistoryScorer):
             return int(self.scorer.history.shape[0])
+        if self.scorer is not None:
+            return self.scorer.n_users
         return int(self.user_vectors.shape[0])
 
     @property
     def kind(self) -> str:
-        """How users are scored: ``"dot"`` or ``"history"``."""
-        return "dot" if self.scorer is None else "history"
+        """How users are scored: ``dot``, ``history``, ``itemitem``, ``graphfilter``, ``popularity`` or ``blend``."""
+        return "dot" if self.scorer is None else self.scorer.kind
 
     @property
     def dim(self) -> int:

@@ -2,8 +2,8 @@
 
 ``export_bundle`` writes a folder atomically; ``read_meta`` reads its ``bundle.json`` (cheap, no arrays);
 ``load_bundle`` loads the arrays and checks them against ``bundle.json``; ``content_hash`` is the sha256 recorded
-at registration and checked before serving. Format versions 1 (dot products only) and 2 (optional history scorer)
-are read.
+at registration and checked before serving. Format versions 1 (dot products only), 2 (optional history scorer) and
+3 (item-item, graph-filter, popularity and blend scorers) are read.
 
 A bundle may come from a registry, so nothing in it is trusted: arrays load with ``allow_pickle=False``, domain
 names from ``bundle.json`` must be plain folder names that resolve inside the bundle folder (no ``../outside``, no
@@ -32,11 +32,70 @@ from m6rec.serving.bundle import (
     FORMAT_VERSION,
     META_FILE,
     Bundle,
+    BlendScorer,
     BundleError,
     DomainBundle,
+    GraphFilterScorer,
     HistoryScorer,
+    ItemItemScorer,
+    PopularityScorer,
     TextProjection,
 )
+
+
+def domain_entry(d: DomainBundle) -> dict[str, Any]:
+    """A domain's entry in bundle.json's ``domains`` (a blend's lists its components' entries)."""
+    entry: dict[str, Any] = {"n_users": d.n_users, "n_items": d.n_items, "dim": d.dim, "text_dim": d.text_dim,
+                             "has_text_vectors": d.item_text_vectors is not None,
+                             "has_text_projection": d.text_projection is not None, "scorer": d.kind}
+    sc = d.scorer
+    if isinstance(sc, HistoryScorer):
+        entry["history_scorer"] = dict(sc.config)
+    elif isinstance(sc, ItemItemScorer):
+        entry["item_matrix"] = "dense" if sc.dense else "sparse"
+    elif isinstance(sc, GraphFilterScorer):
+        entry["graph_filter"] = {"alpha": float(sc.alpha), "rank": int(sc.basis.shape[0])}
+    elif isinstance(sc, BlendScorer):
+        entry["blend"] = {"names": list(sc.names), "weights": [float(w) for w in sc.weights],
+                          "standardise": sc.standardise, "components": [domain_entry(c) for c in sc.components]}
+    return entry
+
+
+def _write_domain(folder: Path, d: DomainBundle) -> None:
+    folder.mkdir(parents=True)
+    np.save(folder / "item_vectors.npy", d.item_vectors.astype(np.float32, copy=False))
+    sc = d.scorer
+    if sc is None:
+        np.save(folder / "user_vectors.npy", d.user_vectors.astype(np.float32, copy=False))
+    elif isinstance(sc, HistoryScorer):
+        extra = {} if sc.recency is None else {"recency": sc.recency.astype(np.float32)}
+        np.savez(folder / "history_scorer.npz", history=sc.history.astype(np.int64), **extra,
+                 **{k: np.asarray(v, dtype=np.float32) for k, v in sc.weights.items()})
+    elif isinstance(sc, ItemItemScorer):
+        sp.save_npz(folder / "history.npz", sp.csr_matrix(sc.history, dtype=np.float32))
+        if sc.dense:
+            np.save(folder / "item_matrix.npy", np.asarray(sc.matrix, dtype=np.float32))
+            np.save(folder / "item_active.npy", np.asarray(sc.active, dtype=np.int64))
+        else:
+            sp.save_npz(folder / "item_matrix.npz", sp.csr_matrix(sc.matrix, dtype=np.float32))
+    elif isinstance(sc, GraphFilterScorer):
+        sp.save_npz(folder / "history.npz", sp.csr_matrix(sc.history, dtype=np.float32))
+        sp.save_npz(folder / "filter_norm.npz", sp.csr_matrix(sc.norm, dtype=np.float32))
+        np.savez(folder / "filter.npz", basis=sc.basis.astype(np.float32),
+                 inv_degree=sc.inv_degree.astype(np.float32), sqrt_degree=sc.sqrt_degree.astype(np.float32))
+    elif isinstance(sc, PopularityScorer):
+        np.save(folder / "popularity_scores.npy", sc.counts.astype(np.float32))
+    elif isinstance(sc, BlendScorer):
+        for i, c in enumerate(sc.components):
+            _write_domain(folder / "components" / str(i), c)
+    np.save(folder / "popularity.npy", d.popularity.astype(np.float32, copy=False))
+    sp.save_npz(folder / "seen.npz", sp.csr_matrix(d.seen, dtype=np.float32))
+    ids = {"raw_item": list(d.raw_item), "title": list(d.titles), "raw_user": list(d.raw_user)}
+    (folder / "ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
+    if d.item_text_vectors is not None:
+        np.save(folder / "item_text_vectors.npy", d.item_text_vectors.astype(np.float32, copy=False))
+    if d.text_projection is not None:
+        np.savez(folder / "text_projection.npz", weight=d.text_projection.weight, bias=d.text_projection.bias)
 
 
 def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: Mapping[str, Any]) -> Path:
@@ -53,37 +112,14 @@ def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: M
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **dict(meta),
-        "domains": {
-            name: {"n_users": d.n_users, "n_items": d.n_items, "dim": d.dim, "text_dim": d.text_dim,
-                   "has_text_vectors": d.item_text_vectors is not None,
-                   "has_text_projection": d.text_projection is not None, "scorer": d.kind,
-                   **({"history_scorer": dict(d.scorer.config)} if d.scorer is not None else {})}
-            for name, d in domains.items()
-        },
+        "domains": {name: domain_entry(d) for name, d in domains.items()},
     }
     text = json.dumps(full_meta, indent=2, default=_json_default)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         for name, d in domains.items():
-            folder = tmp / name
-            folder.mkdir()
-            np.save(folder / "item_vectors.npy", d.item_vectors.astype(np.float32, copy=False))
-            if d.scorer is None:
-                np.save(folder / "user_vectors.npy", d.user_vectors.astype(np.float32, copy=False))
-            else:
-                extra = {} if d.scorer.recency is None else {"recency": d.scorer.recency.astype(np.float32)}
-                np.savez(folder / "history_scorer.npz", history=d.scorer.history.astype(np.int64), **extra,
-                         **{k: np.asarray(v, dtype=np.float32) for k, v in d.scorer.weights.items()})
-            np.save(folder / "popularity.npy", d.popularity.astype(np.float32, copy=False))
-            sp.save_npz(folder / "seen.npz", sp.csr_matrix(d.seen, dtype=np.float32))
-            ids = {"raw_item": list(d.raw_item), "title": list(d.titles), "raw_user": list(d.raw_user)}
-            (folder / "ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
-            if d.item_text_vectors is not None:
-                np.save(folder / "item_text_vectors.npy", d.item_text_vectors.astype(np.float32, copy=False))
-            if d.text_projection is not None:
-                np.savez(folder / "text_projection.npz", weight=d.text_projection.weight,
-                         bias=d.text_projection.bias)
+            _write_domain(tmp / name, d)
         (tmp / META_FILE).write_text(text, encoding="utf-8")
         if path.exists():
             shutil.rmtree(path)
@@ -200,6 +236,83 @@ def _load_scorer(file: Path, config: dict[str, Any]) -> HistoryScorer:
     return HistoryScorer(config=config, weights=arrays, history=history, recency=recency)
 
 
+def _read_row_scorer(folder: Path, want: Mapping[str, Any], root: Path) -> Any:
+    kind = want.get("scorer", "dot")
+    if kind == "itemitem":
+        history = _load_csr(_inside(folder / "history.npz", root))
+        if want.get("item_matrix") == "dense":
+            return ItemItemScorer(history=history, matrix=_load_array(_inside(folder / "item_matrix.npy", root)),
+                                  active=_load_array(_inside(folder / "item_active.npy", root)))
+        return ItemItemScorer(history=history, matrix=_load_csr(_inside(folder / "item_matrix.npz", root)))
+    if kind == "graphfilter":
+        arrays = _load_npz(_inside(folder / "filter.npz", root))
+        missing = sorted({"basis", "inv_degree", "sqrt_degree"} - set(arrays))
+        if missing:
+            raise BundleError(f"{folder / 'filter.npz'} lacks {missing}")
+        alpha = (want.get("graph_filter") or {}).get("alpha")
+        if not isinstance(alpha, (int, float)):
+            raise BundleError(f"{META_FILE} gives no numeric graph_filter.alpha")
+        return GraphFilterScorer(history=_load_csr(_inside(folder / "history.npz", root)),
+                                 norm=_load_csr(_inside(folder / "filter_norm.npz", root)),
+                                 basis=arrays["basis"], inv_degree=arrays["inv_degree"],
+                                 sqrt_degree=arrays["sqrt_degree"], alpha=float(alpha))
+    if kind == "popularity":
+        return PopularityScorer(counts=_load_array(_inside(folder / "popularity_scores.npy", root)),
+                                users=int(want["n_users"]))
+    if kind == "blend":
+        spec = want.get("blend") or {}
+        comps = spec.get("components")
+        if not isinstance(comps, list) or not comps:
+            raise BundleError(f"{META_FILE} blend entry lists no components")
+        parts = tuple(_read_domain(folder / "components" / str(i), c, root) for i, c in enumerate(comps))
+        return BlendScorer(components=parts, names=tuple(str(n) for n in spec.get("names", [])),
+                           weights=tuple(float(w) for w in spec.get("weights", [])),
+                           standardise=str(spec.get("standardise", "user-z")))
+    raise BundleError(f"unknown scorer kind {kind!r}")
+
+
+def _read_domain(folder: Path, want: Mapping[str, Any], path: Path) -> DomainBundle:
+    """One domain folder (or a blend's component folder) as a DomainBundle, checked against its entry."""
+    if not isinstance(want, Mapping):
+        raise BundleError(f"{META_FILE} domain entry must be a mapping")
+    for file in folder.iterdir() if folder.is_dir() else ():
+        if file.is_symlink():
+            _inside(file, path)
+    ids_file = _inside(folder / "ids.json", path)
+    try:
+        ids = json.loads(ids_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle file {ids_file} is unreadable: {exc}") from exc
+    projection = None
+    if (folder / "text_projection.npz").is_file():
+        npz = _load_npz(_inside(folder / "text_projection.npz", path))
+        projection = TextProjection(weight=npz["weight"].astype(np.float32), bias=npz["bias"].astype(np.float32))
+    text_file = folder / "item_text_vectors.npy"
+    kind = want.get("scorer", "dot")
+    scorer = None
+    if kind == "history":
+        scorer = _load_scorer(folder / "history_scorer.npz", want.get("history_scorer") or {})
+    elif kind != "dot":
+        scorer = _read_row_scorer(folder, want, path)
+    try:
+        d = DomainBundle(
+            item_vectors=_load_array(folder / "item_vectors.npy"),
+            user_vectors=None if scorer is not None else _load_array(folder / "user_vectors.npy"),
+            scorer=scorer,
+            popularity=_load_array(folder / "popularity.npy"),
+            seen=_load_csr(folder / "seen.npz"),
+            titles=tuple(ids["title"]), raw_item=tuple(ids["raw_item"]), raw_user=tuple(ids["raw_user"]),
+            item_text_vectors=_load_array(text_file) if text_file.is_file() else None,
+            text_projection=projection,
+        )
+    except KeyError as exc:
+        raise BundleError(f"{ids_file} or {META_FILE} lacks {exc}") from exc
+    if (d.n_users, d.n_items, d.dim) != (want.get("n_users"), want.get("n_items"), want.get("dim")):
+        raise BundleError(f"arrays are {d.n_users} users x {d.n_items} items x {d.dim} d but {META_FILE} says "
+                          f"{want.get('n_users')} x {want.get('n_items')} x {want.get('dim')}")
+    return d
+
+
 def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundle:
     """Load the bundle at ``path`` (all domains, or only ``domains``). Shapes are checked against bundle.json."""
     path = Path(path)
@@ -212,39 +325,8 @@ def load_bundle(path: str | Path, domains: Sequence[str] | None = None) -> Bundl
     out: dict[str, DomainBundle] = {}
     for name in wanted:
         folder = domain_folder(path, name)
-        want = listed[name]
         try:
-            for file in folder.iterdir() if folder.is_dir() else ():
-                if file.is_symlink():
-                    _inside(file, path)
-            ids_file = _inside(folder / "ids.json", path)
-            try:
-                ids = json.loads(ids_file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise BundleError(f"bundle file {ids_file} is unreadable: {exc}") from exc
-            projection = None
-            if (folder / "text_projection.npz").is_file():
-                npz = _load_npz(_inside(folder / "text_projection.npz", path))
-                projection = TextProjection(weight=npz["weight"].astype(np.float32),
-                                            bias=npz["bias"].astype(np.float32))
-            text_file = folder / "item_text_vectors.npy"
-            scorer = None
-            if want.get("scorer", "dot") == "history":
-                scorer = _load_scorer(folder / "history_scorer.npz", want.get("history_scorer") or {})
-            d = DomainBundle(
-                item_vectors=_load_array(folder / "item_vectors.npy"),
-                user_vectors=None if scorer is not None else _load_array(folder / "user_vectors.npy"),
-                scorer=scorer,
-                popularity=_load_array(folder / "popularity.npy"),
-                seen=_load_csr(folder / "seen.npz"),
-                titles=tuple(ids["title"]), raw_item=tuple(ids["raw_item"]), raw_user=tuple(ids["raw_user"]),
-                item_text_vectors=_load_array(text_file) if text_file.is_file() else None,
-                text_projection=projection,
-            )
+            out[name] = _read_domain(folder, listed[name], path)
         except BundleError as exc:
             raise BundleError(f"bundle {path}, domain {name}: {exc}") from exc
-        if (d.n_users, d.n_items, d.dim) != (want["n_users"], want["n_items"], want["dim"]):
-            raise BundleError(f"bundle {path}, domain {name}: arrays are {d.n_users} users x {d.n_items} items x "
-                              f"{d.dim} d but {META_FILE} says {want['n_users']} x {want['n_items']} x {want['dim']}")
-        out[name] = d
     return Bundle(meta=meta, domains=out)

@@ -8,7 +8,10 @@ this module adds what comes from the domain's data and writes the bundle (format
 - a history scorer's per-user history = each user's last ``max_len`` train + valid items, the input of test-time
   scoring (:func:`m6rec.data.sequences.split_histories`);
 - a text projection: the model's own if it exports one, else fitted by ridge regression on the items that have
-  training interactions (:func:`fit_text_projection`).
+  training interactions (:func:`fit_text_projection`);
+- a row scorer's (item-item, graph filter) per-user history = each user's train + valid row (binary), and, where
+  the model exports no item vectors, item vectors from a truncated SVD of the training matrix
+  (:func:`item_embedding`, for similar items).
 
 Typical use in a stage::
 
@@ -34,8 +37,26 @@ import scipy.sparse as sp
 
 from m6rec.data.dataset import DomainData, Prepared
 from m6rec.data.sequences import split_histories
-from m6rec.models.base import DotExport, HistoryExport, Recommender
-from m6rec.serving.bundle import METRIC_SPLITS, BundleError, DomainBundle, HistoryScorer, TextProjection, meta_metrics
+from m6rec.models.base import (
+    ROW_EXPORTS,
+    DotExport,
+    GraphFilterExport,
+    HistoryExport,
+    ItemItemExport,
+    PopularityExport,
+    Recommender,
+)
+from m6rec.serving.bundle import (
+    METRIC_SPLITS,
+    BundleError,
+    DomainBundle,
+    GraphFilterScorer,
+    HistoryScorer,
+    ItemItemScorer,
+    PopularityScorer,
+    TextProjection,
+    meta_metrics,
+)
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -70,6 +91,51 @@ def fit_text_projection(text_vecs: np.ndarray, item_vecs: np.ndarray, alpha: flo
     W = np.linalg.solve(gram, Xc.T @ Yc)
     b = y_mean - x_mean @ W
     return TextProjection(weight=W.astype(np.float32), bias=b.astype(np.float32))
+
+
+def item_embedding(train: sp.csr_matrix, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Item vectors ``V_k S_k^1/2`` of a rank-``dim`` truncated SVD of the binary training matrix (float32
+    ``[n_items, dim']``, dim' = min(dim, min(shape) - 1), at least 1) for the kinds that score without vectors."""
+    from scipy.sparse.linalg import svds
+
+    x = sp.csr_matrix(train, dtype=np.float64)
+    x.data[:] = 1.0
+    k = max(1, min(dim, min(x.shape) - 1))
+    if x.nnz == 0 or min(x.shape) < 2:
+        return np.zeros((x.shape[1], k), np.float32)
+    v0 = np.random.default_rng(seed).standard_normal(min(x.shape))
+    _, s, vt = svds(x, k=k, v0=v0)
+    return np.ascontiguousarray((vt.T * np.sqrt(s)[None, :]), dtype=np.float32)
+
+
+def input_rows(data: DomainData) -> sp.csr_matrix:
+    """Each user's train + valid interactions as a binary float32 csr ``[n_users, n_items]`` (the input a row
+    scorer serves from, and the evaluation protocol's test-time input)."""
+    rows = sp.csr_matrix(data.train + data.valid, dtype=np.float32)
+    rows.data[:] = 1.0
+    rows.eliminate_zeros()
+    rows.sort_indices()
+    return rows
+
+
+def row_scorer(spec: ItemItemExport | GraphFilterExport | PopularityExport, data: DomainData
+               ) -> ItemItemScorer | GraphFilterScorer | PopularityScorer:
+    """The bundle scorer of a row export, with the users' train + valid rows as their history."""
+    if isinstance(spec, PopularityExport):
+        return PopularityScorer(counts=np.asarray(spec.counts, dtype=np.float32), users=data.n_users)
+    if isinstance(spec, ItemItemExport):
+        dense = not sp.issparse(spec.matrix)
+        active = None
+        if dense:
+            active = np.arange(data.n_items, dtype=np.int64) if spec.active is None else \
+                np.asarray(spec.active, dtype=np.int64)
+        return ItemItemScorer(history=input_rows(data), active=active,
+                              matrix=np.ascontiguousarray(spec.matrix, dtype=np.float32) if dense
+                              else sp.csr_matrix(spec.matrix, dtype=np.float32))
+    return GraphFilterScorer(history=input_rows(data), norm=sp.csr_matrix(spec.norm, dtype=np.float32),
+                             basis=np.ascontiguousarray(spec.basis, dtype=np.float32),
+                             inv_degree=np.asarray(spec.inv_degree, dtype=np.float32),
+                             sqrt_degree=np.asarray(spec.sqrt_degree, dtype=np.float32), alpha=float(spec.alpha))
 
 
 def raw_user_ids(prepared: Prepared, domain: str) -> tuple[str, ...]:
@@ -115,8 +181,16 @@ def domain_bundle(spec: DotExport | HistoryExport, data: DomainData, raw_user: S
     A dot export's own text projection is kept only where the domain has item text vectors (a domain without text
     was not part of what the projection was trained on); a history export's projection is always fitted.
     """
+    if isinstance(spec, ROW_EXPORTS):
+        item_vectors = spec.item_vectors if spec.item_vectors is not None else item_embedding(data.train)
+        if np.shape(item_vectors)[:1] != (data.n_items,):
+            raise BundleError(f"{data.name}: the export's item_vectors have shape {np.shape(item_vectors)}, "
+                              f"expected [{data.n_items}, d] (the domain's items)")
+        return make_domain_bundle(data, raw_user, item_vectors, None, ridge_alpha=ridge_alpha,
+                                  scorer=row_scorer(spec, data))
     if not isinstance(spec, (DotExport, HistoryExport)):
-        raise TypeError(f"{data.name}: expected a DotExport or HistoryExport, got {type(spec).__name__}")
+        raise TypeError(f"{data.name}: expected a model export (m6rec.models.base.Export), got "
+                        f"{type(spec).__name__}")
     if np.ndim(spec.item_vectors) != 2 or np.shape(spec.item_vectors)[0] != data.n_items:
         raise BundleError(f"{data.name}: the export's item_vectors have shape {np.shape(spec.item_vectors)}, "
                           f"expected [{data.n_items}, d] (the domain's items)")
@@ -220,5 +294,5 @@ def merge_bundles(source: str | Path, new_domains: Mapping[str, DomainBundle], m
     return domains, merged
 
 
-__all__ = ["fit_text_projection", "raw_user_ids", "make_domain_bundle", "domain_bundle", "bundle_meta",
+__all__ = ["fit_text_projection", "item_embedding", "input_rows", "row_scorer", "raw_user_ids", "make_domain_bundle", "domain_bundle", "bundle_meta",
            "export_domains", "export_model", "merge_bundles"]

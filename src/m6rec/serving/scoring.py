@@ -1,13 +1,17 @@
 """Scores of a bundle's users against its catalogue, computed the way the exporting model computed them.
 
-One class, :class:`DomainScorer`, for both kinds of :class:`m6rec.serving.bundle.DomainBundle`:
+One class, :class:`DomainScorer`, for every kind of :class:`m6rec.serving.bundle.DomainBundle`:
 
 * ``dot``: ``user_vectors[u] @ item_vectors.T``;
 * ``history``: the bundle's :class:`m6rec.models.attention.HistoryAttention` is rebuilt from its weights, every
   user's history is pooled once at construction into interest vectors ``[n_users, K + 1, d]``, and a user's scores
   are ``HistoryAttention.score`` of those interests against the catalogue (K + 1 matrix products and a softmax over
   the interests). The attention a candidate puts on each history item (:meth:`DomainScorer.explain`) is the
-  model's own ``w_ij``.
+  model's own ``w_ij``;
+* ``itemitem``, ``graphfilter``, ``popularity``: a user's interaction row (the bundle's train + valid ``history``,
+  or any row passed to :meth:`DomainScorer.rows`) through the model's matrices, as the model's ``score_rows``; the
+  explanation of an item-item score is each history item's contribution ``matrix[i, item]``;
+* ``blend``: the weighted sum of its components' per-user z-scored scores (:func:`standardise`).
 
 Top-k for serving (:meth:`DomainScorer.top_k`) is exact for both; a history scorer uses the model's own bounded
 top-k (:meth:`m6rec.models.attention.HistoryAttention.top_k`: the softmax gate runs only on the items whose best
@@ -23,12 +27,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from m6rec.models.attention import HistoryAttention, Interests
-from m6rec.serving.bundle import DomainBundle
+from m6rec.serving.bundle import BlendScorer, DomainBundle, GraphFilterScorer, ItemItemScorer, PopularityScorer
 
 _CHUNK_USERS = 4096  # users pooled per batch at construction
+ROW_KINDS = ("itemitem", "graphfilter", "popularity")  # scored from an interaction row
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """Per-user z-score over the catalogue: ``(s - mean) / std`` of each row (std 0 -> the row is 0)."""
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, keepdim=True, unbiased=False)
+    return torch.where(std > 0, (scores - mean) / std.clamp_min(1e-12), torch.zeros_like(scores))
+
+
+def row_scores(sc: ItemItemScorer | GraphFilterScorer | PopularityScorer, rows: sp.csr_matrix) -> torch.Tensor:
+    """Scores ``[B, n_items]`` of interaction rows ``[B, n_items]`` by a row scorer (the model's ``score_rows``)."""
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    if isinstance(sc, PopularityScorer):
+        return torch.from_numpy(np.asarray(sc.counts, dtype=np.float32)).unsqueeze(0).repeat(rows.shape[0], 1)
+    if isinstance(sc, ItemItemScorer):
+        if not sc.dense:
+            return torch.from_numpy(np.asarray((rows @ sc.matrix).toarray(), dtype=np.float32))
+        out = np.zeros(rows.shape, dtype=np.float32)
+        out[:, sc.active] = rows.tocsc()[:, sc.active].tocsr() @ sc.matrix
+        return torch.from_numpy(out)
+    linear = np.asarray(((rows @ sc.norm.T) @ sc.norm).todense(), dtype=np.float32)
+    out = torch.from_numpy(linear)
+    if sc.basis.shape[0] and sc.alpha:
+        basis = torch.from_numpy(np.asarray(sc.basis, dtype=np.float32))
+        scaled = torch.from_numpy(rows.multiply(sc.inv_degree[None, :]).toarray().astype(np.float32))
+        out = out + sc.alpha * ((scaled @ basis.T) @ basis * torch.from_numpy(sc.sqrt_degree.astype(np.float32)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -50,6 +83,19 @@ class DomainScorer:
         self.n_users = b.n_users
         self.user_vectors: torch.Tensor | None = None
         self.attention: HistoryAttention | None = None
+        self.row_scorer = b.scorer if b.kind in ROW_KINDS else None
+        self.row_history: sp.csr_matrix | None = None
+        self.components: list[DomainScorer] = []
+        self.weights: list[float] = []
+        if self.row_scorer is not None:
+            if not isinstance(self.row_scorer, PopularityScorer):
+                self.row_history = sp.csr_matrix(self.row_scorer.history, dtype=np.float32)
+            return
+        if isinstance(b.scorer, BlendScorer):
+            self.components = [DomainScorer(c) for c in b.scorer.components]
+            self.names = list(b.scorer.names)
+            self.weights = [float(w) for w in b.scorer.weights]
+            return
         if b.scorer is None:
             self.user_vectors = torch.from_numpy(np.ascontiguousarray(b.user_vectors, dtype=np.float32))
             return
@@ -83,6 +129,13 @@ class DomainScorer:
     @torch.no_grad()
     def users(self, users: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, n_items]`` of local user indices ``users [B]``."""
+        users = torch.as_tensor(users, dtype=torch.int64)
+        if self.components:
+            return self.combine([c.users(users) for c in self.components])
+        if self.row_scorer is not None:
+            if self.row_history is None:
+                return row_scores(self.row_scorer, sp.csr_matrix((len(users), len(self.items)), dtype=np.float32))
+            return row_scores(self.row_scorer, self.row_history[users.numpy()])
         if self.attention is None:
             return self.user_vectors[users] @ self.items.T
         sub = Interests(vectors=self.interests.vectors[users], weights=self.interests.weights[users])
@@ -96,13 +149,29 @@ class DomainScorer:
         are filled with ``-inf`` values. Exact for both kinds; a history scorer uses the model's bounded top-k
         (:meth:`m6rec.models.attention.HistoryAttention.top_k`)."""
         k = min(k, len(self.items))
-        if self.attention is None:
+        if self.attention is None or self.components:
             scores = self.users(users)
             if mask_rows is not None:
                 scores[mask_rows, mask_cols] = float("-inf")
             return torch.topk(scores, k, dim=1)
         sub = Interests(vectors=self.interests.vectors[users], weights=self.interests.weights[users])
         return self.attention.top_k(sub, self.items, k, mask_rows, mask_cols, min_candidates)
+
+    def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """A blend's scores from its components' scores (same order): ``sum_c w_c * standardise(parts[c])``."""
+        out = torch.zeros_like(parts[0])
+        for w, p in zip(self.weights, parts):
+            if w:
+                out += w * standardise(p)
+        return out
+
+    @torch.no_grad()
+    def rows(self, rows: sp.csr_matrix) -> torch.Tensor:
+        """Scores ``[B, n_items]`` of interaction rows (a row scorer: item-item, graph filter, popularity), e.g.
+        the rows the evaluation protocol allows for a split."""
+        if self.row_scorer is None:
+            raise TypeError(f"scoring interaction rows needs a row scorer; this domain scores with {self.kind}")
+        return row_scores(self.row_scorer, rows)
 
     @torch.no_grad()
     def histories(self, history: torch.Tensor) -> torch.Tensor:
@@ -114,7 +183,7 @@ class DomainScorer:
 
     @property
     def max_len(self) -> int:
-        """History length of a history scorer (0 for a dot scorer)."""
+        """History length of a history scorer (0 for every other kind)."""
         return 0 if self.attention is None else self.attention.max_len
 
     @torch.no_grad()
@@ -124,6 +193,13 @@ class DomainScorer:
         Dot scorer: the mean of the items' and the extra vectors. History scorer: the model's pooling of the last
         ``max_len`` of them (the extra vectors count as the most recent).
         """
+        if self.components:
+            return self.combine([c.history_scores(items, extra).unsqueeze(0) for c in self.components])[0]
+        if self.row_scorer is not None:  # the items as an interaction row (extra query vectors have no row)
+            cols = np.unique(np.asarray(items, dtype=np.int64))
+            row = sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)),
+                                shape=(1, len(self.items)))
+            return row_scores(self.row_scorer, row)[0]
         if self.attention is None:
             parts = [self.items[torch.as_tensor(items, dtype=torch.int64)]] if items else []
             if extra is not None and len(extra):
@@ -140,8 +216,12 @@ class DomainScorer:
     def explain(self, user: int, item: int) -> PairExplanation:
         """The score of ``item`` for ``user`` and the attention it puts on each of the user's history items.
 
-        History scorer only (a dot scorer has no history: see the recommender's similarity explainer).
+        History scorer: the attention weights; item-item scorer: each history item's contribution
+        ``matrix[i, item]`` (the score is their sum). Other kinds have no per-item account (see the recommender's
+        similarity explainer).
         """
+        if isinstance(self.row_scorer, ItemItemScorer):
+            return self._explain_itemitem(user, item)
         if self.attention is None:
             raise TypeError("explain needs a history scorer; this domain scores with dot products")
         sub = Interests(vectors=self.interests.vectors[user:user + 1], weights=self.interests.weights[user:user + 1])
@@ -151,8 +231,30 @@ class DomainScorer:
         return PairExplanation(score=float(vec[0] @ self.items[item]), columns=cols.numpy(),
                                items=hist[cols].numpy(), weights=weights[0, cols].numpy())
 
+    def _explain_itemitem(self, user: int, item: int) -> PairExplanation:
+        sc = self.row_scorer
+        row = self.row_history[user]
+        hist, vals = row.indices.astype(np.int64), row.data.astype(np.float32)
+        if sc.dense:
+            pos = np.searchsorted(sc.active, item)
+            col = np.zeros(len(self.items), np.float32)
+            if pos < len(sc.active) and sc.active[pos] == item:
+                col[sc.active] = sc.matrix[:, pos]
+            contrib = vals * col[hist]
+        else:
+            contrib = vals * np.asarray(sc.matrix[hist][:, [item]].toarray(), dtype=np.float32).ravel()
+        return PairExplanation(score=float(contrib.sum()), columns=np.arange(len(hist), dtype=np.int64),
+                               items=hist, weights=contrib.astype(np.float32))
+
+    @property
+    def explains(self) -> bool:
+        """Whether :meth:`explain` gives the model's own account (history and item-item scorers)."""
+        return self.attention is not None or isinstance(self.row_scorer, ItemItemScorer)
+
     def score(self, user: int, item: int) -> float:
         """One user's score of one item."""
+        if self.components or self.row_scorer is not None:
+            return float(self.users(torch.tensor([user]))[0, item])
         if self.attention is None:
             return float(self.user_vectors[user] @ self.items[item])
         return self.explain(user, item).score

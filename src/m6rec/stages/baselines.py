@@ -1,13 +1,17 @@
-"""Stage `baselines`: MostPopular, ItemKNN, PureSVD, GF-CF and BPR-MF per domain (ranking), BiasedALS (ratings).
+"""Stage `baselines`: MostPopular, ItemKNN, PureSVD, GF-CF, BPR-MF and EASE per domain (ranking), BiasedALS
+(ratings).
 
 Fits and evaluates them (:mod:`m6rec.training.baselines`) and writes per-domain model files under `out_dir`,
-`metrics` ({domain: {model: {valid, test}}}), a plot table of test NDCG@10 by model per domain, and the BPR-MF
-serving bundle (a promotion candidate). These are the floor every later model must beat.
+`metrics` ({domain: {model: {valid, test}}}), a plot table of test NDCG@10 by model per domain, and one serving
+bundle per ranking model, every domain in it: `bundles`/<model>/ (meta ``model`` = <model>, ``stage`` =
+``baselines``, ``metrics`` = {domain: {<model>: {valid, test}}}), each a promotion candidate. `bundle` is the BPR-MF
+bundle as before (a copy of `bundles`/bprmf). These are the floor every later model must beat.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from m6rec.training.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
-SERVED = "bprmf"  # the baseline exported as a serving bundle
+SERVED = "bprmf"  # the baseline whose bundle is also written at `bundle` (the register stage's candidate)
 
 
 def save_models(out_dir: Path, fitted: dict, cfg: BaselinesParams) -> None:
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     prepared = load_prepared(cfg.in_dir)
     domains = list(cfg.domains) or prepared.domains
     metrics: dict[str, dict] = {}
-    served: dict = {}
+    served: dict[str, dict] = {}  # {model: {domain: fitted model}}
     datas = {}
     resolved = {"baselines": asdict(cfg), "protocol": asdict(protocol)}
     with tracking.start_run("baselines", resolved, settings=tracking_settings(params),
@@ -61,18 +65,24 @@ def main(argv: list[str] | None = None) -> int:
 
             metrics[domain], fitted = run_domain(data, cfg, protocol, on_epoch=on_epoch)
             save_models(Path(cfg.out_dir) / domain, fitted, cfg)
-            if SERVED in fitted:
-                served[domain] = fitted[SERVED]
+            for name, model in fitted.items():
+                served.setdefault(name, {})[domain] = model
+            fitted = None
         write_json(cfg.metrics, metrics)
         write_json(cfg.plot, plot_rows(metrics))
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
-        if served:
-            meta = bundle_meta(SERVED, "baselines", {d: metrics[d][SERVED] for d in served},
-                               tracking.data_version(paths=[cfg.in_dir]))
-            export_model(cfg.bundle, served, {d: datas[d] for d in served}, prepared, meta)
-            tracking.log_artifact(Path(cfg.bundle) / "bundle.json")
-            tracking.log_bundle_model(cfg.bundle, prepared)
+        version = tracking.data_version(paths=[cfg.in_dir]) if served else ""
+        for name, per_domain in served.items():
+            meta = bundle_meta(name, "baselines", {d: metrics[d][name] for d in per_domain}, version)
+            path = export_model(Path(cfg.bundles) / name, per_domain, {d: datas[d] for d in per_domain}, prepared,
+                                meta)
+            tracking.log_artifact(path / "bundle.json", artifact_path=f"bundles/{name}")
+            tracking.log_bundle_model(path, prepared, name=name)
+            if name == SERVED:
+                if Path(cfg.bundle).exists():
+                    shutil.rmtree(cfg.bundle)
+                shutil.copytree(path, cfg.bundle)
     log.info("baselines done: %s", cfg.metrics)
     return 0
 

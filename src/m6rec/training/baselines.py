@@ -1,5 +1,7 @@
 """The baselines every later model must beat, fitted and evaluated per domain (the `baselines` stage's work):
-MostPopular, ItemKNN, PureSVD, GF-CF and BPR-MF (ranking, the shared protocol) and BiasedALS (ratings)."""
+MostPopular, ItemKNN, PureSVD, GF-CF, BPR-MF and EASE (ranking, the shared protocol) and BiasedALS (ratings).
+
+Every ranking baseline exports a serving bundle (``model.export(domain)``, :mod:`m6rec.models.base`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from m6rec.config import BaselinesParams, ProtocolParams
 from m6rec.data.dataset import DomainData
 from m6rec.evaluation.protocol import evaluate, evaluate_domain, evaluate_ratings
+from m6rec.models.ease import EASE
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
 from m6rec.models.mf import BPRMF, BiasedALS, PureSVD
@@ -20,7 +23,7 @@ from m6rec.training.sampling import BPRSampler
 
 log = logging.getLogger(__name__)
 
-MODELS = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "als")
+MODELS = ("mostpop", "itemknn", "puresvd", "gfcf", "bprmf", "ease", "als")
 
 
 def train_bprmf(data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams, progress: bool = True,
@@ -44,6 +47,26 @@ def train_bprmf(data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams
                    "initial_valid": hist.initial_metric, "best_valid": hist.best_metric}
 
 
+def train_ease(data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams) -> tuple[EASE, dict]:
+    """EASE with λ from ``cfg.ease_lambdas``: the value with the best validation metric (the Gram matrix is built
+    once; each λ costs one Cholesky inverse). Returns the model at the best λ and each λ's figure."""
+    if not cfg.ease_lambdas:
+        raise ValueError("params.yaml baselines.ease_lambdas is empty")
+    model = EASE(cfg.ease_lambdas[0], max_items=cfg.ease_max_items)
+    model.domain = data.name
+    grid: dict[str, float] = {}
+    best = (float("-inf"), cfg.ease_lambdas[0], None)
+    for lam in cfg.ease_lambdas:
+        model.fit(data.train, lam)
+        grid[str(lam)] = figure = evaluate(model, data, "valid", protocol)[protocol.select_metric]
+        log.info("%s ease lambda %g: valid %s %.4f", data.name, lam, protocol.select_metric, figure)
+        if figure > best[0]:
+            best = (figure, lam, model.B)
+    model.lam, model.B = best[1], best[2]  # the best λ's B, kept: no refit
+    model.release()
+    return model, {"lambda": best[1], "lambda_grid": grid}
+
+
 def fit_baseline(name: str, data: DomainData, cfg: BaselinesParams, protocol: ProtocolParams,
                  progress: bool = True, on_epoch=None):
     """One fitted ranking baseline for `data` (its ``domain`` set) and its fit info."""
@@ -57,6 +80,8 @@ def fit_baseline(name: str, data: DomainData, cfg: BaselinesParams, protocol: Pr
         model, info = GFCF(cfg.gfcf_k, cfg.gfcf_alpha, seed=cfg.seed).fit(data.train), {}
     elif name == "bprmf":
         model, info = train_bprmf(data, cfg, protocol, progress, on_epoch=on_epoch)
+    elif name == "ease":
+        model, info = train_ease(data, cfg, protocol)
     else:
         raise ValueError(f"unknown ranking baseline {name!r}; known: {[m for m in MODELS if m != 'als']}")
     model.domain = data.name

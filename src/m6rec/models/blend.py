@@ -1,0 +1,183 @@
+"""A blend of serving bundles: per domain, a weighted sum of the candidates' standardised scores.
+
+``score(u) = sum_c w_c * z_c(u)``, with ``z_c(u)`` candidate c's scores of every item for user u, z-scored over the
+catalogue for that user (``(s - mean) / std``, :func:`m6rec.serving.scoring.standardise`), so that models whose
+scores live on different scales (cosine sums, dot products, attention logits) add up. The weights lie on the
+simplex (``w_c >= 0``, ``sum w_c = 1``) and are fitted per domain by a grid search on the VALIDATION split only,
+with the protocol's validation input (training interactions only): the test split never enters the fit.
+
+Each candidate is scored the way the evaluation protocol (:mod:`m6rec.evaluation.protocol`) scores the model it
+came from, on the split's input (:class:`CandidateScores`, like :class:`m6rec.promotion.BundleModel`):
+
+- ``dot``: the bundle's user vectors (trained on the training split);
+- ``history``: the bundle's attention pooling of the history the protocol builds for the split (valid: train
+  items; test: train + valid), not the history stored in the bundle;
+- ``itemitem``, ``graphfilter``, ``popularity``: the split's interaction rows (valid: train; test: train + valid).
+
+At test time every kind thus sees train + valid, which is what the served bundle stores, so the blend's test figure
+is the served blend's. The fitted blend is a serving bundle domain of kind ``blend``
+(:class:`m6rec.serving.bundle.BlendScorer`) holding the components with a non-zero weight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from m6rec.data.dataset import DomainData
+from m6rec.data.sequences import split_histories
+from m6rec.evaluation.protocol import ScoreFn, evaluate_split
+from m6rec.serving.bundle import BlendScorer, BundleError, DomainBundle
+from m6rec.serving.scoring import ROW_KINDS, DomainScorer, standardise
+
+log = logging.getLogger(__name__)
+
+
+def split_rows(data: DomainData, split: str) -> sp.csr_matrix:
+    """The interaction rows the protocol lets a model see for ``split`` (binary float32): valid = train,
+    test / cold = train + valid."""
+    rows = data.train if split == "valid" else data.train + data.valid
+    rows = sp.csr_matrix(rows, dtype=np.float32)
+    rows.data[:] = 1.0
+    rows.eliminate_zeros()
+    rows.sort_indices()
+    return rows
+
+
+class CandidateScores:
+    """One domain bundle scored on ``data`` with the input the protocol allows for each split.
+
+    The bundle must have been exported from the same data (same raw user and item ids in the same order).
+    """
+
+    def __init__(self, b: DomainBundle, data: DomainData, raw_user: Sequence[str]) -> None:
+        if b.kind == "blend":
+            raise BundleError(f"{data.name}: a blend cannot be a blend candidate")
+        raw_item = tuple(data.items["raw_item"].astype(str))
+        if tuple(b.raw_item) != raw_item or tuple(b.raw_user) != tuple(str(u) for u in raw_user):
+            raise BundleError(f"{data.name}: the bundle's users or items differ from the data's (export it again "
+                              f"from this data)")
+        self.bundle, self.data = b, data
+        self.scorer = DomainScorer(b)
+        self.kind = b.kind
+        self._inputs: dict[str, object] = {}
+
+    def _input(self, split: str):
+        if split not in self._inputs:
+            if self.kind == "history":
+                self._inputs[split] = split_histories(self.data, self.scorer.max_len)[split]
+            elif self.kind in ROW_KINDS:
+                self._inputs[split] = split_rows(self.data, split)
+            else:
+                self._inputs[split] = None
+        return self._inputs[split]
+
+    def score_fn(self, split: str) -> ScoreFn:
+        """``users -> scores [B, n_items]`` on ``split``'s input."""
+        inp = self._input(split)
+
+        def score(users: np.ndarray) -> torch.Tensor:
+            users = np.asarray(users, dtype=np.int64)
+            if self.kind == "history":
+                return self.scorer.histories(torch.from_numpy(np.asarray(inp[users], dtype=np.int64)))
+            if self.kind in ROW_KINDS:
+                return self.scorer.rows(inp[users])
+            return self.scorer.users(torch.from_numpy(users))
+
+        return score
+
+
+def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector of ``n`` components on the simplex with the given step, the vertices first (so that a
+    tie keeps the simplest blend: the first, best-on-validation, component alone)."""
+    parts = max(1, int(round(1.0 / step)))
+    points = [c for c in itertools.product(range(parts + 1), repeat=n) if sum(c) == parts]
+    points.sort(key=lambda c: (sum(1 for x in c if x) , [-x for x in c]))
+    return [tuple(x / parts for x in c) for c in points]
+
+
+def blend_scores(parts: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """``sum_c weights[c] * standardise(parts[c])`` (the serving blend's formula)."""
+    out = torch.zeros_like(parts[0])
+    for w, p in zip(weights, parts):
+        if w:
+            out += w * standardise(p)
+    return out
+
+
+@dataclass
+class BlendFit:
+    """A domain's fitted blend: the chosen components and weights, and every figure the fit saw."""
+
+    names: list[str]
+    weights: list[float]
+    valid: float  # the blend's validation metric (what the weights maximise)
+    candidate_valid: dict[str, float] = field(default_factory=dict)  # each candidate alone
+    grid: list[tuple[list[float], float]] = field(default_factory=list)  # (weights, valid) of every point
+
+
+def fit_blend(candidates: Mapping[str, CandidateScores], data: DomainData, metric: str = "ndcg@20",
+              max_components: int = 3, step: float = 0.1, ks: Sequence[int] = (10, 20),
+              batch_users: int = 2048) -> BlendFit:
+    """Weights on the simplex over the best ``max_components`` candidates (by ``metric`` on validation) that
+    maximise the blend's validation ``metric``; only the validation split and its input (training rows) are read."""
+    if not candidates:
+        raise ValueError(f"{data.name}: no blend candidates")
+    cand_valid = {name: float(evaluate_split(c.score_fn("valid"), data, "valid", ks, batch_users).get(metric, 0.0))
+                  for name, c in candidates.items()}
+    chosen = sorted(cand_valid, key=lambda n: -cand_valid[n])[:max_components]
+    users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    pos = np.full(data.n_users, -1, dtype=np.int64)
+    pos[users] = np.arange(len(users))
+    cached = []
+    for name in chosen:
+        fn = candidates[name].score_fn("valid")
+        cached.append(torch.cat([standardise(fn(users[s:s + batch_users])) for s in range(0, len(users), batch_users)]
+                                or [torch.zeros(0, data.n_items)]))
+    best: tuple[float, tuple[float, ...]] = (float("-inf"), ())
+    grid = []
+    for w in simplex_grid(len(chosen), step):
+        def score(u: np.ndarray, w: tuple[float, ...] = w) -> torch.Tensor:
+            rows = torch.from_numpy(pos[np.asarray(u, dtype=np.int64)])
+            out = torch.zeros(len(rows), data.n_items)
+            for wc, z in zip(w, cached):
+                if wc:
+                    out += wc * z[rows]
+            return out
+
+        figure = float(evaluate_split(score, data, "valid", ks, batch_users, users=users).get(metric, 0.0))
+        grid.append((list(w), figure))
+        if figure > best[0] + 1e-12:
+            best = (figure, w)
+    names = [n for n, w in zip(chosen, best[1]) if w > 0]
+    weights = [float(w) for w in best[1] if w > 0]
+    log.info("%s blend %s: valid %s %.4f (best single %s %.4f)", data.name,
+             ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights)), metric, best[0], chosen[0],
+             cand_valid[chosen[0]])
+    return BlendFit(names=names, weights=weights, valid=best[0], candidate_valid=cand_valid, grid=grid)
+
+
+def blend_score_fn(candidates: Mapping[str, CandidateScores], fit: BlendFit, split: str) -> ScoreFn:
+    """The fitted blend's scores on ``split``'s input."""
+    fns = [candidates[n].score_fn(split) for n in fit.names]
+    return lambda users: blend_scores([fn(users) for fn in fns], fit.weights)
+
+
+def blend_domain(candidates: Mapping[str, CandidateScores], fit: BlendFit) -> DomainBundle:
+    """The serving domain of a fitted blend: kind ``blend`` over the chosen components' bundles; ids, titles, seen
+    and popularity from the first component (the same data for all), item vectors for similar items likewise."""
+    parts = tuple(candidates[n].bundle for n in fit.names)
+    first = parts[0]
+    return DomainBundle(item_vectors=first.item_vectors, user_vectors=None, popularity=first.popularity,
+                        seen=first.seen, titles=first.titles, raw_item=first.raw_item, raw_user=first.raw_user,
+                        scorer=BlendScorer(components=parts, names=tuple(fit.names), weights=tuple(fit.weights)))
+
+
+__all__ = ["split_rows", "CandidateScores", "simplex_grid", "blend_scores", "BlendFit", "fit_blend",
+           "blend_score_fn", "blend_domain"]
