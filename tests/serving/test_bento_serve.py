@@ -95,8 +95,14 @@ def test_the_bento_serves_without_a_registry(built, tmp_path):
         assert all(set(row) == {"item", "title", "score"} and 0 < row["score"] <= 1 for row in body["items"])
         for old in ("health", "ready"):  # the duplicated POST probes are gone
             assert httpx.post(f"{srv.url}/{old}", json={}, timeout=30).status_code == 404
+        bad = {"domain": DOMAINS[0], "user": "nobody", "k": "ten"}  # a schema error: the client's, not the server's
+        assert httpx.post(f"{srv.url}/recommend", json=bad, timeout=30).status_code == 400
+        assert httpx.post(f"{srv.url}/metadata", json={}, timeout=30).status_code == 200  # flushes the log line
         log = srv.log_tail(10**6)
     assert "from the BentoML model store, no registry asked" in log and "LookupError" not in log
+    assert "Traceback" not in log
+    (line,) = [ln for ln in log.splitlines() if "client error /recommend 400" in ln]
+    assert "[INFO]" in line and "fields=k" in line
     assert "mlflow.db" not in {p.name for p in built["bento"].rglob("*")}  # no empty store created in the bento
 
 
