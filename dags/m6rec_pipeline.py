@@ -1,6 +1,9 @@
 """m6rec pipeline: preflight -> raw-data check -> one task per DVC stage (validate gates training) -> register ->
 bento build.
 
+`build_bento` (`python -m m6rec.orchestration build-bento`) imports the champion into the BentoML model store and
+packs it into a new bento only when the champion or the service code changed; otherwise it ends skipped.
+
 The first task is the `preflight` DVC stage (MLflow store reachable, a recorded registry still there): a dead
 server fails the run in seconds, before hours of stages. It is taken out of the derived stage graph, where it would
 only be an ordering dep of the model stages, and put first.

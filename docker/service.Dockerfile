@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
-# m6rec BentoML service, the fallback image. The primary way is BentoML's own:
-#   bentoml build -f bentofile.yaml . && bentoml containerize m6rec:latest     (see docs/scaling.md)
+# m6rec BentoML service, the fallback image. The primary way is BentoML's own, with the champion packed in:
+#   python -m m6rec.orchestration build-bento && bentoml containerize m6rec:latest     (see docs/serving.md)
 # This image serves the same service without a built bento: at start-up it loads models:/m6rec@champion from the
-# MLflow server in MLFLOW_TRACKING_URI (or a bundle folder in M6REC_BUNDLE).
+# MLflow server in MLFLOW_TRACKING_URI (or a bundle folder in M6REC_BUNDLE). Health: BentoML's GET /readyz (ready:
+# model and encoder loaded) below, GET /livez for liveness.
 #
 #   docker build -f docker/service.Dockerfile -t m6rec-service .          # from the repository root
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -57,12 +57,37 @@ def serving_bundle_dir(tiny_prepared, tiny_prepared_dir: Path, sentence_encoder,
     return export_bundle(tmp_path_factory.mktemp("serving") / "bundle", domains, meta)
 
 
+def flat(answer: dict) -> dict:
+    """An answer with its ``items`` (``[{"item", "title", "score"}]``) or explain ``history``
+    (``[{"item", "title", "weight"}]``) split into columns (``items``/``titles``/``scores``,
+    ``history``/``history_titles``/``weights``), for comparison with numpy; checks each row's keys on the way."""
+    out = dict(answer)
+    if "scores" in out or "weights" in out:  # split already
+        return out
+    if "history" in out and "method" in out:
+        rows = out["history"]
+        assert all(set(r) == {"item", "title", "weight"} for r in rows), rows[:2]
+        out["history"] = [r["item"] for r in rows]
+        out["history_titles"] = [r["title"] for r in rows]
+        out["weights"] = [r["weight"] for r in rows]
+        return out
+    rows = out["items"]
+    assert all(set(r) == {"item", "title", "score"} for r in rows), rows[:2]
+    out["items"] = [r["item"] for r in rows]
+    out["titles"] = [r["title"] for r in rows]
+    out["scores"] = [r["score"] for r in rows]
+    return out
+
+
 def assert_same_listing(got: dict, want: dict, tol: float = 1e-5) -> None:
     """Same ranking up to ties: equal scores rank by rank, and the same items wherever scores differ.
 
     Batched and single scoring round differently in the last bit, and torch.topk orders exact ties arbitrarily
     (items with identical vectors are common on tiny data), so tied items may swap or, at the cut, differ.
+    Both are answers as served (rows of ``{"item", "title", "score"}``).
     """
+    got, want = flat(got), flat(want)
+    assert got["source"] == want["source"]
     np.testing.assert_allclose(got["scores"], want["scores"], rtol=10 * tol, atol=tol)
     assert got["scores"] == sorted(got["scores"], reverse=True)
     cut = want["scores"][-1] + tol if want["scores"] else 0.0

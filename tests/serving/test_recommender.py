@@ -17,7 +17,7 @@ from m6rec.serving.recommender import (
     RequestError,
     register_explainer,
 )
-from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
+from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing, flat
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,16 @@ def test_recommend_matches_numpy_and_masks_seen(rec, bundle):
         user = b.raw_user[u]
         seen = b.seen.indices[b.seen.indptr[u]:b.seen.indptr[u + 1]]
         scores = b.item_vectors @ b.user_vectors[u]
-        out = rec.recommend(TEXT_DOMAIN, user, k=20)
+        out = flat(rec.recommend(TEXT_DOMAIN, user, k=20))
         got = index_of(b, out["items"])
-        assert out["fallback"] is None and len(got) == 20
+        assert out["source"] == "model" and len(got) == 20
         assert not set(got) & set(seen.tolist())
         np.testing.assert_allclose(out["scores"], scores[got], rtol=1e-5)
         assert out["scores"] == sorted(out["scores"], reverse=True)
         expected = numpy_top(scores, 20, seen)  # compare values: equal scores may come in any order
         np.testing.assert_allclose(out["scores"], scores[expected], rtol=1e-5)
         assert out["titles"] == [b.titles[i] for i in got]
-        unmasked = rec.recommend(TEXT_DOMAIN, user, k=20, exclude_seen=False)
+        unmasked = flat(rec.recommend(TEXT_DOMAIN, user, k=20, exclude_seen=False))
         np.testing.assert_allclose(unmasked["scores"], np.sort(scores)[::-1][:20], rtol=1e-5)
 
 
@@ -70,18 +70,21 @@ def test_recommend_batch_equals_one_by_one(rec, bundle):
                 RecommendQuery("nope", "1"), RecommendQuery(TEXT_DOMAIN, text_users[0], 0)]
     answers = rec.recommend_batch(queries)
     for q, a in zip(queries[:6], answers[:6], strict=True):
-        one = rec.recommend(q.domain, q.user, q.k, q.exclude_seen)
+        one = flat(rec.recommend(q.domain, q.user, q.k, q.exclude_seen))
         assert_same_listing(a, one)
-        assert a["fallback"] == one["fallback"] and a["user"] == q.user and len(a["items"]) == q.k
+        assert a["source"] == one["source"] and a["user"] == q.user and len(a["items"]) == q.k
     assert isinstance(answers[6], RequestError) and answers[6].field == "domain"
     assert isinstance(answers[7], RequestError) and answers[7].field == "k"
 
 
 def test_unknown_user_gets_popular_items(rec, bundle):
     b = bundle.domains[PLAIN_DOMAIN]
-    out = rec.recommend(PLAIN_DOMAIN, "no-such-user", k=5)
-    assert out["fallback"] == "popularity"
-    assert out["scores"] == sorted(b.popularity.tolist(), reverse=True)[:5]
+    out = flat(rec.recommend(PLAIN_DOMAIN, "no-such-user", k=5))
+    assert out["source"] == "popularity"
+    # Scored by share of the training interactions (a probability, comparable across domains), not raw counts.
+    share = b.popularity / b.popularity.sum()
+    np.testing.assert_allclose(out["scores"], np.sort(share)[::-1][:5], rtol=1e-6)
+    assert all(0 < s <= 1 for s in out["scores"]) and out["scores"] == sorted(out["scores"], reverse=True)
     assert index_of(b, out["items"]) == np.argsort(-b.popularity, kind="stable")[:5].tolist()
 
 
@@ -107,7 +110,7 @@ def test_fewer_candidates_than_k(bundle):
     rec = Recommender(bundle, max_k=100_000)
     b = bundle.domains[TEXT_DOMAIN]
     u = int(np.argmax(np.diff(b.seen.indptr)))
-    out = rec.recommend(TEXT_DOMAIN, b.raw_user[u], k=b.n_items)
+    out = flat(rec.recommend(TEXT_DOMAIN, b.raw_user[u], k=b.n_items))
     assert len(out["items"]) == b.n_items - (b.seen.indptr[u + 1] - b.seen.indptr[u])
     assert np.isfinite(out["scores"]).all()
 
@@ -115,7 +118,7 @@ def test_fewer_candidates_than_k(bundle):
 def test_similar_items_is_cosine_and_finds_the_sequel(rec, bundle):
     b = bundle.domains[TEXT_DOMAIN]
     star_wars = b.raw_item[b.titles.index("Star Wars (1977)")]
-    out = rec.similar_items(TEXT_DOMAIN, star_wars, k=10)
+    out = flat(rec.similar_items(TEXT_DOMAIN, star_wars, k=10))
     i = index_of(b, [star_wars])[0]
     unit = b.item_vectors / np.linalg.norm(b.item_vectors, axis=1, keepdims=True).clip(1e-12)
     assert star_wars not in out["items"]
@@ -126,7 +129,7 @@ def test_similar_items_is_cosine_and_finds_the_sequel(rec, bundle):
 def test_recommend_items_from_ids(rec, bundle):
     b = bundle.domains[TEXT_DOMAIN]
     liked = [b.raw_item[b.titles.index(t)] for t in ("Star Wars (1977)", "Return of the Jedi (1983)")]
-    out = rec.recommend_items(TEXT_DOMAIN, [*liked, "zzz"], k=10)
+    out = flat(rec.recommend_items(TEXT_DOMAIN, [*liked, "zzz"], k=10))
     assert out["unknown_items"] == ["zzz"] and not out["used_text"]
     assert not set(out["items"]) & set(liked)
     query = b.item_vectors[index_of(b, liked)].mean(axis=0)
@@ -151,12 +154,12 @@ def test_recommend_items_from_text(rec, bundle):
     """A title the projection was fitted on lands near that item: its neighbours come back."""
     b = bundle.domains[TEXT_DOMAIN]
     jedi = b.raw_item[b.titles.index("Return of the Jedi (1983)")]
-    by_text = rec.recommend_items(TEXT_DOMAIN, text="Return of the Jedi (1983)", k=10)
+    by_text = flat(rec.recommend_items(TEXT_DOMAIN, text="Return of the Jedi (1983)", k=10))
     assert by_text["used_text"]
-    by_item = rec.recommend_items(TEXT_DOMAIN, [jedi], k=10)
+    by_item = flat(rec.recommend_items(TEXT_DOMAIN, [jedi], k=10))
     overlap = set(by_text["items"]) & set(by_item["items"])
     assert len(overlap) >= 5, (by_text["titles"], by_item["titles"])
-    both = rec.recommend_items(TEXT_DOMAIN, [jedi], text="Return of the Jedi (1983)", k=10)
+    both = flat(rec.recommend_items(TEXT_DOMAIN, [jedi], text="Return of the Jedi (1983)", k=10))
     assert both["used_text"] and jedi not in both["items"]
     with pytest.raises(RequestError, match="no text projection") as err:
         rec.recommend_items(PLAIN_DOMAIN, text="star wars")
@@ -167,8 +170,8 @@ def test_explain_uses_the_history(rec, bundle):
     b = bundle.domains[TEXT_DOMAIN]
     u = 3
     user = b.raw_user[u]
-    item = rec.recommend(TEXT_DOMAIN, user, k=1)["items"][0]
-    out = rec.explain(TEXT_DOMAIN, user, item, n=4)
+    item = rec.recommend(TEXT_DOMAIN, user, k=1)["items"][0]["item"]
+    out = flat(rec.explain(TEXT_DOMAIN, user, item, n=4))
     seen = {b.raw_item[i] for i in b.seen.indices[b.seen.indptr[u]:b.seen.indptr[u + 1]]}
     assert out["method"] == "similarity" and len(out["history"]) == 4
     assert set(out["history"]) <= seen
@@ -186,7 +189,7 @@ def test_explainer_hook(bundle):
     try:
         rec = Recommender(Bundle(meta={**bundle.meta, "explainer": "first-seen"}, domains=bundle.domains))
         b = bundle.domains[TEXT_DOMAIN]
-        out = rec.explain(TEXT_DOMAIN, b.raw_user[0], b.raw_item[0], n=2)
+        out = flat(rec.explain(TEXT_DOMAIN, b.raw_user[0], b.raw_item[0], n=2))
         assert out["method"] == "first-seen"
         assert out["history"] == [b.raw_item[i] for i in b.seen.indices[:2]]
         with pytest.raises(ValueError, match="explainer 'no-such-explainer'"):
@@ -224,11 +227,11 @@ def test_history_domain_recommends_what_the_model_scores(rec, bundle, history_mo
     for u in (0, 9, b.n_users - 1):
         want = model.score(0, _model_history(model, data, u)).scores[0].numpy().astype(np.float64)
         seen = b.seen.indices[b.seen.indptr[u]:b.seen.indptr[u + 1]]
-        out = rec.recommend(HISTORY_DOMAIN, b.raw_user[u], k=10)
+        out = flat(rec.recommend(HISTORY_DOMAIN, b.raw_user[u], k=10))
         np.testing.assert_allclose(out["scores"], want[numpy_top(want, 10, seen)], rtol=1e-5, atol=1e-6)
         assert not set(index_of(b, out["items"])) & set(seen.tolist())
-        batched = rec.recommend_batch([RecommendQuery(HISTORY_DOMAIN, b.raw_user[u], 10),
-                                       RecommendQuery(HISTORY_DOMAIN, b.raw_user[0], 3)])[0]
+        batched = flat(rec.recommend_batch([RecommendQuery(HISTORY_DOMAIN, b.raw_user[u], 10),
+                                       RecommendQuery(HISTORY_DOMAIN, b.raw_user[0], 3)])[0])
         assert_same_listing(batched, out)
 
 
@@ -242,7 +245,7 @@ def test_history_domain_explains_by_the_model_attention(rec, bundle, history_mod
     order = torch.argsort(rec.domains[HISTORY_DOMAIN].scorer.users(torch.tensor([u]))[0], descending=True)
     for item in (b.raw_item[int(order[0])], b.raw_item[int(order[1])], b.raw_item[int(order[-1])]):  # best 2, worst
         i = index_of(b, [item])[0]
-        out = rec.explain(HISTORY_DOMAIN, b.raw_user[u], item, n=int(lengths[u]))
+        out = flat(rec.explain(HISTORY_DOMAIN, b.raw_user[u], item, n=int(lengths[u])))
         pair = model.predict_pairs(0, hist, torch.tensor([i]))
         assert out["method"] == "attention"
         assert out["score"] == pytest.approx(float(pair["score"][0]), abs=1e-5)
@@ -260,14 +263,14 @@ def test_history_domain_recommends_from_an_anonymous_history(rec, bundle, histor
     model, _ = history_model
     b = bundle.domains[HISTORY_DOMAIN]
     items = [int(i) for i in np.argsort(-b.popularity, kind="stable")[:3]]
-    out = rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items], k=10)
+    out = flat(rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items], k=10))
     hist = torch.full((1, model.encoder.max_len), -1, dtype=torch.int64)
     hist[0, -len(items):] = torch.tensor(items)
     want = model.score(0, hist).scores[0].numpy().astype(np.float64)
     np.testing.assert_allclose(out["scores"], want[numpy_top(want, 10, items)], rtol=1e-5, atol=1e-6)
     assert not set(index_of(b, out["items"])) & set(items)
     # Order matters to a recency-aware model: the same items in reverse order score differently.
-    reverse = rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items[::-1]], k=10)
+    reverse = flat(rec.recommend_items(HISTORY_DOMAIN, [b.raw_item[i] for i in items[::-1]], k=10))
     assert reverse["scores"] != out["scores"]
     with pytest.raises(RequestError, match="no text projection") as err:
         rec.recommend_items(HISTORY_DOMAIN, text="a stapler")

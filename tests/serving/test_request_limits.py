@@ -105,14 +105,14 @@ def test_integral_numbers_are_integers(guarded):
     srv, users = guarded
     r = raw(srv, "recommend", json.dumps({"domain": TEXT_DOMAIN, "user": float(users[0]), "k": 3.0}).encode())
     assert r.status_code == 200, r.text
-    assert len(r.json()["items"]) == 3 and r.json()["user"] == users[0] and r.json()["fallback"] is None
+    assert len(r.json()["items"]) == 3 and r.json()["user"] == users[0] and r.json()["source"] == "model"
 
 
 def test_client_errors_are_one_info_line(guarded):
     srv, _ = guarded
     assert raw(srv, "recommend", b'{"domain": "x", "user": "1", "k": true}').status_code == 400
     assert raw(srv, "recommend", b"{}", "text/plain").status_code == 415
-    assert httpx.post(f"{srv.url}/health", json={}, timeout=30).status_code == 200  # flushes the lines above
+    assert httpx.post(f"{srv.url}/metadata", json={}, timeout=30).status_code == 200  # flushes the lines above
     log = srv.log_tail(10**7)
     assert "Traceback" not in log
     lines = [line for line in log.splitlines() if "client error" in line]

@@ -57,7 +57,8 @@ def test_the_document_states_the_limits(fuzz_server):
     schemas = doc["components"]["schemas"]
     assert schemas["RecommendRequest"]["properties"]["k"]["maximum"] == 20  # M6REC_MAX_K, not the default 100
     assert schemas["RecommendItemsRequest"]["properties"]["items"]["maxItems"] == 1000
-    assert schemas["RecommendResponse"]["properties"]["fallback"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert schemas["RecommendResponse"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Scored"}
+    assert set(schemas["Scored"]["required"]) == {"item", "title", "score"}
     assert set(doc["paths"]["/recommend_items"]["post"]["responses"]) >= {"200", "400", "404", "413", "415", "422"}
 
 

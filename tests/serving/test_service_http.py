@@ -15,7 +15,7 @@ from m6rec.serving.bundle_io import HASH_TAG, content_hash, export_bundle, load_
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.local_server import LocalServer
 from m6rec.serving.recommender import Recommender
-from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing
+from tests.serving.conftest import HISTORY_DOMAIN, PLAIN_DOMAIN, TEXT_DOMAIN, assert_same_listing, flat
 from tests.serving.svd_bundles import svd_bundle
 
 SETTINGS = TrackingParams()  # the store itself comes from MLFLOW_TRACKING_URI
@@ -69,19 +69,20 @@ def test_binds_localhost_only(server):
     assert server.url.startswith("http://127.0.0.1:")
 
 
-def test_health_ready_metadata(server, registry, serving_bundle_dir):
-    assert post(server, "health").json() == {"status": "ok"}
-    ready = post(server, "ready").json()
-    assert ready["ready"] and ready["version"] == registry["v1"]
-    assert ready["domains"] == sorted([TEXT_DOMAIN, PLAIN_DOMAIN, HISTORY_DOMAIN])
-    assert not ready["encoder_loaded"]  # lazily loaded: start-up does not pay for it
+def test_probes_and_metadata(server, registry, serving_bundle_dir):
+    """Health is BentoML's GET /livez and /readyz (ready once __init__ loaded the model and the encoder)."""
+    assert httpx.get(f"{server.url}/livez", timeout=10).status_code == 200
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    assert post(server, "health").status_code == 404 and post(server, "ready").status_code == 404
     meta = post(server, "metadata").json()
+    assert sorted(meta["domains"]) == sorted([TEXT_DOMAIN, PLAIN_DOMAIN, HISTORY_DOMAIN])
+    assert meta["encoder_loaded"]  # preloaded by default: the bundle has a text domain
+    assert meta["origin"] == "registry"
     bundle_meta = json.loads((serving_bundle_dir / "bundle.json").read_text())
     assert meta["version"] == registry["v1"] and meta["source"] == f"models:/m6rec/{registry['v1']}"
     assert meta["model"] == "svd16" and meta["max_k"] == MAX_K
     assert meta["data_version"] == bundle_meta["data_version"] and meta["metrics"] == bundle_meta["metrics"]
     assert meta["domains"][TEXT_DOMAIN]["text"] is True
-    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
 def test_recommend_known_users(server, local):
@@ -91,7 +92,7 @@ def test_recommend_known_users(server, local):
         r = post(server, "recommend", {"domain": TEXT_DOMAIN, "user": user, "k": 15})
         assert r.status_code == 200, r.text
         got = r.json()
-        assert got["fallback"] is None and got["user"] == user and len(got["items"]) == 15
+        assert got["source"] == "model" and got["user"] == user and len(got["items"]) == 15
         assert_same_listing(got, local.recommend(TEXT_DOMAIN, user, k=15))
     r = post(server, "recommend", {"domain": TEXT_DOMAIN, "user": b.raw_user[0], "exclude_seen": False})
     assert_same_listing(r.json(), local.recommend(TEXT_DOMAIN, b.raw_user[0], k=10, exclude_seen=False))
@@ -110,9 +111,9 @@ def test_concurrent_requests_each_get_their_own_answer(server, local):
                                                       json={"domain": TEXT_DOMAIN, "user": u, "k": 5 + i % 7})
                                           for i, u in enumerate(users)))
 
-    before = post(server, "ready").json()
+    before = post(server, "metadata").json()
     responses = asyncio.run(fire())
-    after = post(server, "ready").json()
+    after = post(server, "metadata").json()
     queries = after["recommend_queries"] - before["recommend_queries"]
     batches = after["recommend_batches"] - before["recommend_batches"]
     assert queries == len(users) and batches < queries  # some requests shared a matrix product
@@ -133,10 +134,11 @@ def test_numeric_user_id(server, local):
 def test_unknown_user_falls_back_to_popularity(server, local):
     r = post(server, "recommend", {"domain": PLAIN_DOMAIN, "user": "new-visitor", "k": 7})
     assert r.status_code == 200
-    got = r.json()
-    assert got["fallback"] == "popularity"
+    got = flat(r.json())
+    assert got["source"] == "popularity"
     b = local.domains[PLAIN_DOMAIN].bundle
-    assert got["scores"] == sorted(b.popularity.tolist(), reverse=True)[:7]
+    np.testing.assert_allclose(got["scores"], np.sort(b.popularity / b.popularity.sum())[::-1][:7], rtol=1e-6)
+    assert_same_listing(r.json(), local.recommend(PLAIN_DOMAIN, "new-visitor", k=7))
 
 
 def test_recommend_items_ids_and_text(server, local):
@@ -151,7 +153,6 @@ def test_recommend_items_ids_and_text(server, local):
     assert r.status_code == 200, r.text
     assert r.json()["used_text"] is True
     assert_same_listing(r.json(), local.recommend_items(TEXT_DOMAIN, text=body["text"], k=8))
-    assert post(server, "ready").json()["encoder_loaded"]
 
 
 def test_similar_items_and_explain(server, local):
@@ -160,12 +161,12 @@ def test_similar_items_and_explain(server, local):
     r = post(server, "similar_items", {"domain": TEXT_DOMAIN, "item": star_wars, "k": 5})
     assert r.status_code == 200, r.text
     assert_same_listing(r.json(), local.similar_items(TEXT_DOMAIN, star_wars, k=5))
-    assert "Return of the Jedi (1983)" in r.json()["titles"]
+    assert "Return of the Jedi (1983)" in flat(r.json())["titles"]
     user = b.raw_user[3]
     r = post(server, "explain", {"domain": TEXT_DOMAIN, "user": user, "item": star_wars})
     assert r.status_code == 200, r.text
-    want = local.explain(TEXT_DOMAIN, user, star_wars)
-    got = r.json()
+    want = flat(local.explain(TEXT_DOMAIN, user, star_wars))
+    got = flat(r.json())
     assert got["history"] == want["history"] and got["method"] == "similarity" and len(got["history"]) == 5
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
 
@@ -178,13 +179,13 @@ def test_history_attention_domain_over_http(server, local):
     r = post(server, "recommend", {"domain": HISTORY_DOMAIN, "user": user, "k": 5})
     assert r.status_code == 200, r.text
     assert_same_listing(r.json(), local.recommend(HISTORY_DOMAIN, user, k=5))
-    top = r.json()["items"][0]
+    top = r.json()["items"][0]["item"]
     r = post(server, "explain", {"domain": HISTORY_DOMAIN, "user": user, "item": top, "n": 3})
     assert r.status_code == 200, r.text
-    got, want = r.json(), local.explain(HISTORY_DOMAIN, user, top, n=3)
+    got, want = flat(r.json()), flat(local.explain(HISTORY_DOMAIN, user, top, n=3))
     assert got["method"] == "attention" and got["history"] == want["history"] and len(got["history"]) == 3
     np.testing.assert_allclose(got["weights"], want["weights"], rtol=1e-5)
-    best = post(server, "recommend", {"domain": HISTORY_DOMAIN, "user": user, "k": 1}).json()["scores"][0]
+    best = post(server, "recommend", {"domain": HISTORY_DOMAIN, "user": user, "k": 1}).json()["items"][0]["score"]
     np.testing.assert_allclose(got["score"], best, rtol=1e-5, atol=1e-6)  # the score that ranked it first
     assert 0 < sum(got["weights"]) <= 1 + 1e-6  # the top 3 of a distribution over the whole history
     liked = [b.raw_item[i] for i in b.scorer.history[u][b.scorer.history[u] >= 0][-3:]]
@@ -242,7 +243,7 @@ def test_checked_client_errors_leave_no_traceback_in_the_log(server):
     assert post(server, "recommend", {"domain": "no-such-domain", "user": "1"}).status_code == 404
     assert post(server, "recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": MAX_K + 1}).status_code == 400
     assert post(server, "recommend", {"domain": TEXT_DOMAIN, "user": "1", "k": "ten"}).status_code == 400
-    assert post(server, "health").status_code == 200  # its access-log line follows the three above
+    assert post(server, "metadata").status_code == 200  # its access-log line follows the three above
     log = server.log_tail(10**7)
     assert log.count("Traceback") == before
     assert "client error /recommend 404 fields=domain" in log and "client error /recommend 400 fields=k" in log
@@ -259,7 +260,7 @@ def test_restart_keeps_serving_the_same_champion(server, registry, local):
 
 
 def test_a_promotion_does_not_change_a_running_server(server, registry, local):
-    """The alias is resolved once at start-up (test_health_ready_metadata: @champion -> v1 although v2 is newer);
+    """The alias is resolved once at start-up (test_probes_and_metadata: @champion -> v1 although v2 is newer);
     moving it must not change what a running server answers."""
     b = local.domains[TEXT_DOMAIN].bundle
     body = {"domain": TEXT_DOMAIN, "user": b.raw_user[2], "k": 10}

@@ -58,9 +58,10 @@ def registry(tmp_path_factory, tiny_prepared):
     return make_registry(tmp_path_factory.mktemp("startup") / "store", tiny_prepared)
 
 
-def load(registry: dict, cache: Path, monkeypatch, uri: str = "models:/m6rec@champion"):
+def load(registry: dict, cache: Path, monkeypatch, uri: str = "models:/m6rec@champion", source: str = "registry"):
+    """The registry only (no fallback to the BentoML model store: tests/serving/test_bento_serve.py covers it)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
-    return load_served_model(ServeParams(model_uri=uri, cache_dir=str(cache)), SETTINGS)
+    return load_served_model(ServeParams(model_uri=uri, cache_dir=str(cache), model_source=source), SETTINGS)
 
 
 def test_cache_is_keyed_by_version_and_reused(registry, tmp_path, monkeypatch):
@@ -113,7 +114,9 @@ def test_missing_store_is_refused_and_not_created(tmp_path, monkeypatch):
 
 def serve_fails(cwd: Path, env: dict[str, str]) -> str:
     """Start `bentoml serve`; it must exit with status 3 within EXIT_WITHIN_S; returns its output."""
-    srv = LocalServer(env={"HF_HUB_OFFLINE": "1", "M6REC_THREADS": "1", **env}, cwd=cwd,
+    # An empty BentoML home: a champion in the user's model store would be served instead (the registry fallback).
+    srv = LocalServer(env={"HF_HUB_OFFLINE": "1", "M6REC_THREADS": "1", "BENTOML_HOME": str(cwd / "bentoml"), **env},
+                      cwd=cwd,
                       startup_timeout=EXIT_WITHIN_S, log_path=cwd / "serve.log")
     try:
         with pytest.raises(RuntimeError, match="exited with 3 during start-up"):

@@ -224,11 +224,12 @@ def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
             want = scored.scores[row].clone()
             seen = torch.from_numpy((data.train + data.valid)[u].indices.astype(np.int64))
             want[seen] = float("-inf")
-            np.testing.assert_allclose(out["scores"], torch.topk(want, 5).values.numpy(), rtol=1e-5, atol=1e-5)
-            top = b.raw_item.index(out["items"][0])
-            why = rec.explain(d, b.raw_user[u], out["items"][0], n=50)
-            assert why["method"] == "attention" and why["score"] == pytest.approx(out["scores"][0], abs=1e-5)
+            scores = [r["score"] for r in out["items"]]
+            np.testing.assert_allclose(scores, torch.topk(want, 5).values.numpy(), rtol=1e-5, atol=1e-5)
+            top = b.raw_item.index(out["items"][0]["item"])
+            why = rec.explain(d, b.raw_user[u], out["items"][0]["item"], n=50)
+            assert why["method"] == "attention" and why["score"] == pytest.approx(scores[0], abs=1e-5)
             attention = model.predict_pairs(k, hist[u:u + 1], torch.tensor([top]))["attention"][0]
             expected = {int(hist[u, j]): float(attention[j]) for j in torch.nonzero(hist[u] >= 0).view(-1)}
-            got = {b.raw_item.index(i): w for i, w in zip(why["history"], why["weights"], strict=True)}
+            got = {b.raw_item.index(h["item"]): h["weight"] for h in why["history"]}
             assert got == pytest.approx(expected, abs=1e-6) and sum(got.values()) == pytest.approx(1.0, abs=1e-5)

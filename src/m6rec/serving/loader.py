@@ -2,22 +2,31 @@
 
 Which bundle is served, in order of precedence:
 
-1. ``M6REC_BUNDLE`` (env) or ``serve.bundle_dir``: a bundle folder on disk (no MLflow involved);
-2. ``M6REC_MODEL_URI`` (env) or ``serve.model_uri`` (default ``models:/m6rec@champion``), fetched from the MLflow
+1. ``M6REC_BUNDLE`` (env) or ``serve.bundle_dir``: a bundle folder on disk (no MLflow, no model store);
+2. the champion a bento packs: the BentoML model named by the bento argument ``model`` (``m6rec.serving.bento_model``,
+   set by ``m6rec.orchestration.bento.build_bento``), or ``M6REC_BENTO_MODEL``; no registry is asked;
+3. ``M6REC_MODEL_URI`` (env) or ``serve.model_uri`` (default ``models:/m6rec@champion``), fetched from the MLflow
    store named by ``MLFLOW_TRACKING_URI`` (default: ``mlflow.db`` in the working directory) through
    ``m6rec.tracking``. An alias is resolved to its version once, at start-up, so a promotion while the server runs
-   does not change what it serves; restart (or redeploy) to pick up a new champion.
+   does not change what it serves; restart (or redeploy) to pick up a new champion;
+4. when that store is missing or unreachable, or the alias is not set: the newest champion in the BentoML model
+   store (``serve.model_source: auto``, the default; ``registry`` never falls back, ``store`` never asks the
+   registry, env ``M6REC_MODEL_SOURCE``). With neither, start-up fails naming both reasons.
+
+The start-up log says which of these was served (``serving ... from the bundle folder / the BentoML model store /
+the MLflow registry``).
 
 Settings are resolved once, at start-up, by :func:`serve_settings`: the ``serve`` and ``tracking`` sections of
 ``M6REC_PARAMS`` (default ``params.yaml``, skipped when absent, e.g. in a container) with the env overrides
-``M6REC_MAX_K``, ``M6REC_MAX_BATCH`` and ``M6REC_PRELOAD_ENCODER``; the tracking section is handed to
-``m6rec.tracking`` explicitly.
+``M6REC_MAX_K``, ``M6REC_MAX_BATCH``, ``M6REC_PRELOAD_ENCODER`` and ``M6REC_MODEL_SOURCE``; the tracking section is
+handed to ``m6rec.tracking`` explicitly.
 
 Start-up refuses, with one line naming the fault, rather than serving something unverified: the store must exist
 and answer (``tracking.check_store``; a missing ``mlflow.db`` is not created), the alias must resolve, the version
 must carry the ``bundle.sha256`` tag written at registration and what was downloaded must hash to it
-(``bundle_io.content_hash``), and the bundle must load with consistent shapes. The service runs this check once
-before its workers start (:func:`check_served_model`), so a fault ends ``bentoml serve`` instead of a crash loop.
+(``bundle_io.content_hash``); a model-store copy must hash to its ``bundle_sha256`` label; and the bundle must load
+with consistent shapes. The service runs this check once before its workers start (:func:`check_served_model`), so
+a fault ends ``bentoml serve`` instead of a crash loop.
 
 Downloads go to a cache folder per version, ``<serve.cache_dir>/<name>-v<version>-<hash prefix>`` (default
 ``<tmp>/m6rec-models-<uid>``), written atomically and reused by every later start and worker; a cached copy that no
@@ -42,6 +51,9 @@ from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle
 
 log = logging.getLogger(__name__)
 
+MODEL_SOURCES = ("auto", "registry", "store")
+BENTO_MODEL_ENV = "M6REC_BENTO_MODEL"  # exact tag of the BentoML model to serve (the bento's, or pinned at start-up)
+
 
 @dataclass(frozen=True)
 class ServeParams:
@@ -52,7 +64,12 @@ class ServeParams:
     explain_n: int = 5  # history items returned by explain when the request does not say
     torch_threads: int = 1  # intra-op threads per worker (requests are small; parallelism comes from workers)
     max_batch: int = 64  # most concurrent recommend requests scored together; 1 = no batching (M6REC_MAX_BATCH)
-    preload_encoder: bool = False  # load the sentence encoder at start-up instead of on the first text query
+    # Load the sentence encoder at start-up (True) or on the first text query (False); None = at start-up when the
+    # bundle has a text domain (env M6REC_PRELOAD_ENCODER=1/0).
+    preload_encoder: bool | None = None
+    # Where the model comes from when no bundle folder is set: "auto" (a bento's packed model, else the registry,
+    # else the newest champion in the BentoML model store), "registry" or "store" (env M6REC_MODEL_SOURCE).
+    model_source: str = "auto"
     cache_dir: str = ""  # MLflow downloads, one folder per version, reused; "" = <tmp>/m6rec-models-<uid>
     # Largest request body (bytes); above it HTTP 413 before the body is read. 1 MiB holds max_history = 1000 ids
     # of the full 256 characters plus a 2,000-character text four times over (whitespace, escapes).
@@ -63,6 +80,10 @@ class ServeParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"serve.{name} must be a positive integer, got {value!r}")
+        if self.model_source not in MODEL_SOURCES:
+            raise ConfigError(f"serve.model_source must be one of {MODEL_SOURCES}, got {self.model_source!r}")
+        if self.preload_encoder is not None and not isinstance(self.preload_encoder, bool):
+            raise ConfigError(f"serve.preload_encoder must be true, false or null, got {self.preload_encoder!r}")
 
 
 class StartupError(RuntimeError):
@@ -74,9 +95,10 @@ class ServedModel:
     """What the service loaded: the bundle and where it came from."""
 
     bundle: Bundle
-    source: str  # bundle folder or MLflow model URI
-    version: str | None  # registered model version, when loaded from the registry
+    source: str  # bundle folder, MLflow model URI or BentoML model tag
+    version: str | None  # registered model version (registry, or the model store's label)
     aliases: tuple[str, ...] = ()
+    origin: str = "folder"  # "folder", "registry" or "store" (the BentoML model store)
 
 
 def serve_settings(env: dict[str, str] | None = None) -> tuple[ServeParams, TrackingParams]:
@@ -105,6 +127,8 @@ def serve_settings(env: dict[str, str] | None = None) -> tuple[ServeParams, Trac
                 raise ConfigError(f"{var} must be an integer, got {env[var]!r}") from exc
     if env.get("M6REC_PRELOAD_ENCODER"):
         overrides["preload_encoder"] = env["M6REC_PRELOAD_ENCODER"].lower() in ("1", "true", "yes")
+    if env.get("M6REC_MODEL_SOURCE"):
+        overrides["model_source"] = env["M6REC_MODEL_SOURCE"]
     return (dataclasses.replace(cfg, **overrides) if overrides else cfg), store
 
 
@@ -172,14 +196,17 @@ def _verified_copy(tracking, info, cfg: ServeParams, settings: TrackingParams) -
     return local
 
 
-def load_served_model(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
-    """Load the bundle named by ``cfg`` (a folder, or an MLflow model URI in the store of ``settings``), verified
-    as the module docstring says; any fault raises with a message naming it."""
-    if cfg.bundle_dir:
-        path = Path(cfg.bundle_dir)
-        log.info("serving bundle folder %s", path)
-        return ServedModel(bundle=load_bundle(path), source=str(path.resolve()), version=None)
+def _from_store(tag: str) -> ServedModel:
+    from m6rec.serving import bento_model
 
+    stored = bento_model.stored_bundle(tag)
+    log.info("serving BentoML model %s (%s v%s, %s) from the BentoML model store, no registry asked", stored.tag,
+             stored.registered_model, stored.registry_version, stored.bundle_sha256)
+    return ServedModel(bundle=load_bundle(stored.path), source=stored.tag, version=stored.registry_version,
+                       origin="store")
+
+
+def _from_registry(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
     from m6rec import tracking  # imports mlflow lazily; only needed on this path
 
     tracking.check_store(settings, must_exist=True)  # before mlflow, which would create an empty sqlite store
@@ -191,22 +218,79 @@ def load_served_model(cfg: ServeParams, settings: TrackingParams) -> ServedModel
             bundle = load_bundle(_bundle_root(tracking.download_model(cfg.model_uri, tmp, settings=settings)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return ServedModel(bundle=bundle, source=cfg.model_uri, version=None)
+        return ServedModel(bundle=bundle, source=cfg.model_uri, version=None, origin="registry")
     local = _verified_copy(tracking, info, cfg, settings)
-    log.info("serving %s (%s, %s) from %s", cfg.model_uri, info.uri, info.tags[HASH_TAG], tracking.tracking_uri(settings))
-    return ServedModel(bundle=load_bundle(local), source=info.uri, version=info.version, aliases=info.aliases)
+    log.info("serving %s (%s, %s) from the MLflow registry at %s", cfg.model_uri, info.uri, info.tags[HASH_TAG],
+             tracking.tracking_uri(settings))
+    return ServedModel(bundle=load_bundle(local), source=info.uri, version=info.version, aliases=info.aliases,
+                       origin="registry")
 
 
-def check_served_model(env: dict[str, str] | None = None) -> str:
-    """Verify and cache what the service would serve, before any worker starts; returns the pinned source.
+def fetch_registry_version(cfg: ServeParams, settings: TrackingParams) -> tuple[Any, Path]:
+    """``(version info, verified local bundle folder)`` of the registered version ``cfg.model_uri`` names (an alias
+    resolved now); raises when the store cannot be used, the URI is not a registered version, or the hash fails."""
+    from m6rec import tracking
 
-    A registry alias is pinned to the version verified here (``M6REC_MODEL_URI`` in ``env``, default
-    ``os.environ``, which the workers inherit), so every worker serves exactly this version from the cache.
-    Raises on any fault (see the module docstring).
+    tracking.check_store(settings, must_exist=True)
+    info = tracking.resolve_model_uri(cfg.model_uri, settings=settings)
+    if info is None:
+        raise StartupError(f"{cfg.model_uri} is not a registered model version (models:/<name>@<alias> or "
+                           f"models:/<name>/<version>): nothing to verify it against")
+    return info, _verified_copy(tracking, info, cfg, settings)
+
+
+def load_served_model(cfg: ServeParams, settings: TrackingParams, bento_model: str | None = None) -> ServedModel:
+    """Load the bundle named by ``cfg`` (a folder, the BentoML model ``bento_model`` a bento packs, or an MLflow
+    model URI in the store of ``settings``, else the model store's newest champion), verified as the module
+    docstring says; any fault raises with a message naming it."""
+    if cfg.bundle_dir:
+        path = Path(cfg.bundle_dir)
+        log.info("serving bundle folder %s (no registry, no model store)", path)
+        return ServedModel(bundle=load_bundle(path), source=str(path.resolve()), version=None)
+    if bento_model and cfg.model_source != "registry":
+        return _from_store(bento_model)
+    if cfg.model_source == "store":
+        from m6rec.serving import bento_model as store
+
+        latest = store.latest_model()
+        if latest is None:
+            raise StartupError(f"serve.model_source is 'store' but the BentoML model store holds no "
+                               f"'{store.MODEL_NAME}' model; import one with "
+                               f"`python -m m6rec.orchestration build-bento`")
+        return _from_store(latest)
+    from m6rec.store_check import StoreError
+
+    try:
+        return _from_registry(cfg, settings)
+    except (StoreError, LookupError) as exc:  # no registry to ask (a fault in what it holds is no reason to fall back)
+        if cfg.model_source == "registry":
+            raise
+        from m6rec.serving import bento_model as store
+
+        latest = store.latest_model()
+        if latest is None:
+            raise StartupError(f"no model to serve: the MLflow registry cannot be used ({type(exc).__name__}: "
+                               f"{exc}) and the BentoML model store holds no '{store.MODEL_NAME}' model (build a "
+                               f"bento with `python -m m6rec.orchestration build-bento`, or set M6REC_BUNDLE)") from None
+        log.warning("the MLflow registry cannot be used (%s: %s): falling back to the BentoML model store",
+                    type(exc).__name__, exc)
+        return _from_store(latest)
+
+
+def check_served_model(env: dict[str, str] | None = None, bento_model: str | None = None) -> ServedModel:
+    """Verify and cache what the service would serve, before any worker starts; returns it.
+
+    The choice is pinned for the workers in ``env`` (default ``os.environ``, which the workers inherit): a registry
+    alias to the version verified here (``M6REC_MODEL_URI``), a model-store model to its exact tag
+    (``M6REC_BENTO_MODEL``), so every worker serves exactly this. Raises on any fault (see the module docstring).
     """
     target = os.environ if env is None else env
     cfg, store = serve_settings(dict(target))
-    served = load_served_model(cfg, store)
-    if served.version is not None:
+    served = load_served_model(cfg, store, bento_model or target.get(BENTO_MODEL_ENV) or None)
+    if served.origin == "registry" and served.version is not None:
         target["M6REC_MODEL_URI"] = served.source
-    return served.source
+        target["M6REC_MODEL_SOURCE"] = "registry"
+    elif served.origin == "store":
+        target[BENTO_MODEL_ENV] = served.source
+        target["M6REC_MODEL_SOURCE"] = "store"
+    return served

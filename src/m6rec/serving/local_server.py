@@ -5,6 +5,8 @@ nothing outlives the ``with`` block::
 
     with LocalServer(env={"M6REC_BUNDLE": "models/bundle"}) as server:
         httpx.post(f"{server.url}/recommend", json={...})
+
+``service`` may also be a built bento's tag (``m6rec:<version>``). Ready means BentoML's ``GET /readyz`` answers 200.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def openapi_document(service: Any, settings: Any) -> dict[str, Any]:
     for name, (request, response) in models.items():
         api = service.apis[name]
         op = doc["paths"][api.route]["post"]
-        # A model with no required field (health, ready, metadata) is also answered without a body, as {}.
+        # A model with no required field (metadata) is also answered without a body, as {}.
         required = any(f.is_required() for f in request.model_fields.values())
         op["requestBody"] = {"required": required, "content": {
             "application/json": {"schema": refs[(request, "validation")]}}}

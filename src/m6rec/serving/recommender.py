@@ -3,8 +3,9 @@
 Per request: the user's scores against the precomputed item matrix (:class:`m6rec.serving.scoring.DomainScorer`:
 one matrix-vector product for a dot-product model, K + 1 of them and a softmax over interests for a history-attention
 model), the user's seen items set to ``-inf``, and one :func:`torch.topk`. Unknown users get the most popular items
-(``fallback="popularity"``). Client mistakes raise :class:`RequestError`, which names the field; the service turns
-it into an HTTP 4xx.
+(``source="popularity"``), scored by their share of the domain's training interactions (in [0, 1], summing to 1
+over the catalogue) rather than raw counts. A listing is ``[{"item", "title", "score"}, ...]``, best first. Client
+mistakes raise :class:`RequestError`, which names the field; the service turns it into an HTTP 4xx.
 
 ``explain``: on a domain with a history scorer, the model's own attention of the item on each of the user's history
 items (``method="attention"``); on a dot-product domain, an *explainer* chosen by the bundle's ``meta["explainer"]``
@@ -60,6 +61,9 @@ class DomainIndex:
         self.items_unit = self.items / norms  # cosine similarity for similar_items / explain
         self.popularity = np.asarray(b.popularity, dtype=np.float32)
         self.pop_order = np.argsort(-self.popularity, kind="stable")
+        total = float(self.popularity.sum())
+        # The fallback's score: an item's share of the training interactions, a probability, not a raw count.
+        self.popularity_share = self.popularity / total if total > 0 else np.zeros_like(self.popularity)
         self.seen_indptr = b.seen.indptr.astype(np.int64)
         self.seen_indices = torch.from_numpy(b.seen.indices.astype(np.int64))
         self.raw_item = list(b.raw_item)
@@ -164,15 +168,14 @@ class Recommender:
 
     # --------------------------------------------------------------------------------------------- endpoints
 
-    def _listing(self, index: DomainIndex, ranked: Ranked) -> dict[str, Any]:
-        return {
-            "items": [index.raw_item[i] for i in ranked.items],
-            "titles": [index.titles[i] for i in ranked.items],
-            "scores": [float(s) for s in ranked.scores],
-        }
+    def _listing(self, index: DomainIndex, ranked: Ranked, score: str = "score") -> list[dict[str, Any]]:
+        """``[{"item", "title", score}, ...]`` in rank order."""
+        return [{"item": index.raw_item[i], "title": index.titles[i], score: float(s)}
+                for i, s in zip(ranked.items, ranked.scores, strict=True)]
 
     def recommend(self, domain: str, user: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
-        """Top-k for a known user; the most popular items (``fallback="popularity"``) for an unknown one."""
+        """Top-k for a known user (``source="model"``); the most popular items (``source="popularity"``, scored by
+        their share of the training interactions) for an unknown one."""
         answer = self.recommend_batch([RecommendQuery(domain, user, k, exclude_seen)])[0]
         if isinstance(answer, RequestError):
             raise answer
@@ -196,9 +199,9 @@ class Recommender:
                 groups.setdefault(q.domain, []).append(i)
             else:
                 top = index.pop_order[: min(k, index.n_items)]
-                ranked = Ranked(items=top, scores=index.popularity[top])
-                out[i] = {"domain": q.domain, "user": q.user, **self._listing(index, ranked),
-                          "fallback": "popularity"}
+                ranked = Ranked(items=top, scores=index.popularity_share[top])
+                out[i] = {"domain": q.domain, "user": q.user, "source": "popularity",
+                          "items": self._listing(index, ranked)}
         for domain, rows in groups.items():
             index = self.domains[domain]
             users = [index.user_index[queries[i].user] for i in rows]
@@ -215,8 +218,8 @@ class Recommender:
                 k = min(queries[i].k, index.n_items)
                 v, t = values[r, :k], top[r, :k]
                 keep = np.isfinite(v)  # fewer than k unmasked items: drop the masked fill-ins
-                out[i] = {"domain": domain, "user": queries[i].user,
-                          **self._listing(index, Ranked(items=t[keep], scores=v[keep])), "fallback": None}
+                out[i] = {"domain": domain, "user": queries[i].user, "source": "model",
+                          "items": self._listing(index, Ranked(items=t[keep], scores=v[keep]))}
         return out  # type: ignore[return-value]
 
     def recommend_items(self, domain: str, items: Sequence[str] = (), text: str | None = None,
@@ -247,7 +250,7 @@ class Recommender:
         scores = index.scorer.history_scores(known, extra)
         exclude = torch.as_tensor(sorted(set(known)), dtype=torch.int64) if known else None
         ranked = index.top_k(scores, k, exclude=exclude)
-        return {"domain": domain, **self._listing(index, ranked), "unknown_items": unknown,
+        return {"domain": domain, "source": "model", "items": self._listing(index, ranked), "unknown_items": unknown,
                 "used_text": bool(text)}
 
     def _text_vector(self, index: DomainIndex, text: str) -> torch.Tensor:
@@ -267,13 +270,14 @@ class Recommender:
         k = self.check_k(k)
         i = index.item(item, "item")
         ranked = index.top_k(torch.mv(index.items_unit, index.items_unit[i]), k, exclude=torch.tensor([i]))
-        return {"domain": domain, "item": item, **self._listing(index, ranked)}
+        return {"domain": domain, "item": item, "source": "model", "items": self._listing(index, ranked)}
 
     def explain(self, domain: str, user: str, item: str, n: int | None = None) -> dict[str, Any]:
         """Why ``item`` for ``user``: the score and the ``n`` history items that support it most.
 
         History-scorer domains: the model's attention weights of ``item`` on the user's history items (``method``
         ``"attention"``; the weights of the whole history sum to 1). Dot-product domains: the bundle's explainer.
+        ``history`` is ``[{"item", "title", "weight"}, ...]``, strongest first.
         """
         index = self.domain(domain)
         n = self.check_k(self.explain_n if n is None else n, "n")
@@ -287,9 +291,8 @@ class Recommender:
             ranked, score = Ranked(items=why.items[order], scores=why.weights[order]), why.score
         else:
             ranked, score = self.explainer(index, u, i, n), index.scorer.score(u, i)
-        listing = self._listing(index, ranked)
         return {"domain": domain, "user": user, "item": item, "score": score, "method": self._explain_method(index),
-                "history": listing["items"], "history_titles": listing["titles"], "weights": listing["scores"]}
+                "history": self._listing(index, ranked, score="weight")}
 
     def _explain_method(self, index: DomainIndex) -> str:
         return "attention" if index.scorer.kind == "history" else self.explainer_name

@@ -1,8 +1,13 @@
 """The m6rec BentoML service: loads one bundle at start-up and answers typed JSON requests.
 
-Run: ``bentoml serve m6rec.serving.service:M6RecService`` (binds 127.0.0.1:3000 unless ``--host/--port``). What it
-serves is decided by ``m6rec.serving.loader`` (``M6REC_BUNDLE`` folder, else ``models:/m6rec@champion`` from the
-MLflow store in ``MLFLOW_TRACKING_URI``). All endpoints are ``POST`` with a JSON object body. Client errors are 4xx
+Run: ``bentoml serve m6rec.serving.service:M6RecService`` (binds 127.0.0.1:3000 unless ``--host/--port``), or a
+built bento, ``bentoml serve m6rec:latest``. What it serves is decided by ``m6rec.serving.loader``: an ``M6REC_BUNDLE``
+folder; else the BentoML model a bento packs (bento argument ``model``: ``bentoml build --arg model=<tag>``, which
+``m6rec.orchestration.bento`` passes, so the bento needs no registry); else ``models:/m6rec@champion`` from the MLflow
+store in ``MLFLOW_TRACKING_URI``, falling back to the newest champion in the BentoML model store when there is no
+registry to ask. Health is BentoML's own ``GET /livez`` and ``GET /readyz`` (ready once the model is loaded:
+``__is_ready__``). The endpoints are ``POST`` with a JSON object body; a listing answers ``items``:
+``[{"item", "title", "score"}, ...]`` with ``source`` ``"model"`` or ``"popularity"``. Client errors are 4xx
 JSON objects that name the field: schema errors from pydantic (400, ``{"error", "detail": [{"loc": [field], ...}]}``,
 malformed JSON included) and the Recommender's checks (``{"error": "<field>: <message>", "field": ...}``; 400 for a
 bad value, 404 for an unknown domain, item or user, 422 for a valid request that leaves nothing to score). Unknown
@@ -17,6 +22,7 @@ Worker count and access logs are BentoML config, e.g.
 
 import gc
 import logging
+import os
 from typing import Annotated, Any
 
 import bentoml
@@ -28,7 +34,7 @@ with bentoml.importing():
 
     from m6rec.serving import limits, timeout
     from m6rec.serving.batching import MicroBatcher
-    from m6rec.serving.loader import check_served_model, load_served_model, serve_settings
+    from m6rec.serving.loader import BENTO_MODEL_ENV, check_served_model, load_served_model, serve_settings
     from m6rec.serving.openapi import ErrorResponse, openapi_document, serve_limit
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
 
@@ -38,6 +44,11 @@ STARTUP_FAILURE_EXIT = 3  # `bentoml serve` exit status when the model cannot be
 
 timeout.install()  # BentoML's own request timeout keeps every request alive for 30 s (see m6rec.serving.timeout)
 limits.install_error_logging()  # a client's 400 is one INFO line, not an ERROR with a traceback
+
+# The champion a bento packs: `bentoml build --arg model=m6rec-champion:<version>` (m6rec.orchestration.bento). As a
+# class attribute below it makes `bentoml build` pack the model and `bentoml containerize` copy it into the image;
+# serving the bento restores the same argument, so the bento serves exactly the model it was built with.
+PACKED_MODEL: str | None = getattr(bentoml.use_arguments(), "model", None) or None
 
 _ID_LEN = 256
 _INT64 = (-(2**63), 2**63 - 1)
@@ -118,16 +129,21 @@ class ExplainRequest(_Request):
     n: Count | None = _k(None, "history items to return (1 to serve.max_k; default serve.explain_n)")
 
 
+class Scored(BaseModel):
+    item: str = Field(description="raw item id")
+    title: str
+    score: float = Field(description='the model\'s score; for source "popularity" the item\'s share of the '
+                                     'domain\'s training interactions, in [0, 1]')
+
+
 class Listing(BaseModel):
     domain: str
-    items: list[str]
-    titles: list[str]
-    scores: list[float]
+    source: str = Field(description='"model", or "popularity" for an unknown user\'s fallback')
+    items: list[Scored] = Field(description="best first")
 
 
 class RecommendResponse(Listing):
     user: str
-    fallback: str | None = Field(description='"popularity" when the user is unknown, else null')
 
 
 class RecommendItemsResponse(Listing):
@@ -139,38 +155,31 @@ class SimilarItemsResponse(Listing):
     item: str
 
 
+class Support(BaseModel):
+    item: str = Field(description="raw id of a history item")
+    title: str
+    weight: float = Field(description="attention weight (method attention) or cosine similarity (similarity)")
+
+
 class ExplainResponse(BaseModel):
     domain: str
     user: str
     item: str
     score: float
     method: str
-    history: list[str]
-    history_titles: list[str]
-    weights: list[float]
+    history: list[Support] = Field(description="the history items that support the item most, strongest first")
 
 
 class Empty(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Health(BaseModel):
-    status: str
-
-
-class Ready(BaseModel):
-    ready: bool
-    version: str | None
-    domains: list[str]
-    encoder_loaded: bool
-    recommend_batches: int = Field(description="matrix products run for recommend since start-up")
-    recommend_queries: int = Field(description="recommend requests they answered (queries / batches = batch size)")
-
-
 class Metadata(BaseModel):
     model: str | None
     version: str | None
     source: str
+    origin: str = Field(description='where the model was loaded from: "folder", "registry" or "store" (BentoML '
+                                    'model store)')
     data_version: str | None
     metrics: dict[str, Any]
     encoder: str | None
@@ -178,6 +187,9 @@ class Metadata(BaseModel):
     explainer: str
     max_k: int
     domains: dict[str, dict[str, Any]]
+    encoder_loaded: bool
+    recommend_batches: int = Field(description="matrix products run for recommend since start-up")
+    recommend_queries: int = Field(description="recommend requests they answered (queries / batches = batch size)")
 
 
 def _client_error(endpoint: str, exc: RequestError) -> JSONResponse:
@@ -191,29 +203,39 @@ def _client_error(endpoint: str, exc: RequestError) -> JSONResponse:
 class M6RecService:
     """Loads the bundle once; each endpoint validates its request and calls the Recommender."""
 
+    if PACKED_MODEL:
+        champion = bentoml.models.BentoModel(PACKED_MODEL)
+
     @bentoml.on_deployment
     def check_model() -> None:
         """Once, in the server process, before any worker starts (BentoML's deployment hook): verify and cache the
         model. A fault raised in a worker's ``__init__`` only makes circus restart the worker for minutes; raised
         here it ends ``bentoml serve`` with one line naming it and exit status 3."""
+        if not logging.getLogger().handlers:  # the CLI process has no m6rec logging set up
+            logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if logging.getLogger("m6rec").level == logging.NOTSET:
+            logging.getLogger("m6rec").setLevel(logging.INFO)  # which model, from where: said once, at start-up
         try:
-            source = check_served_model()
+            served = check_served_model(bento_model=PACKED_MODEL)
         except Exception as exc:  # any fault: the one line says what it was
-            if not logging.getLogger().handlers:  # the CLI process has no m6rec logging set up
-                logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             log.critical("m6rec cannot serve: %s: %s", type(exc).__name__, exc)
             raise SystemExit(STARTUP_FAILURE_EXIT) from None
-        log.info("m6rec start-up check passed: serving %s", source)
+        where = {"folder": "a bundle folder", "registry": "the MLflow registry",
+                 "store": "the BentoML model store"}[served.origin]
+        log.info("m6rec start-up check passed: serving %s (version %s) from %s", served.source, served.version, where)
 
     def __init__(self) -> None:
         cfg, store = serve_settings()
         torch.set_num_threads(cfg.torch_threads)
-        served = load_served_model(cfg, store)
+        served = load_served_model(cfg, store, os.environ.get(BENTO_MODEL_ENV) or PACKED_MODEL)
+        self.origin = served.origin
         self.rec = Recommender(served.bundle, max_k=cfg.max_k, max_history=cfg.max_history,
                                explain_n=cfg.explain_n, version=served.version, source=served.source)
         # Concurrent recommend requests share one matrix product (see m6rec.serving.batching).
         self.batcher = MicroBatcher(self.rec.recommend_batch, cfg.max_batch) if cfg.max_batch > 1 else None
-        if cfg.preload_encoder and self.rec.encoder is not None:
+        # Loading the encoder takes ~20 s: paid here, before /readyz turns 200, not by the first text query.
+        # preload_encoder None (the default) = preload when some domain takes text.
+        if self.rec.encoder is not None and cfg.preload_encoder is not False:
             self.rec.encoder.get()
         # Everything loaded so far lives as long as the worker: keep it out of the cyclic GC, whose full
         # collections otherwise stall every in-flight request for hundreds of ms (measured, bench_serving.py).
@@ -260,22 +282,13 @@ class M6RecService:
             return _client_error("explain", exc)
 
     @bentoml.api
-    async def health(self, req: Empty, /) -> Health:
-        """Liveness (BentoML's GET /livez and /readyz work too)."""
-        return Health(status="ok")
-
-    @bentoml.api
-    async def ready(self, req: Empty, /) -> Ready:
-        """Whether the model is loaded, and which version."""
-        return Ready(ready=self.__is_ready__(), version=self.rec.version, domains=sorted(self.rec.domains),
-                     encoder_loaded=bool(self.rec.encoder and self.rec.encoder.loaded),
-                     recommend_batches=self.batcher.batches if self.batcher else 0,
-                     recommend_queries=self.batcher.queries if self.batcher else 0)
-
-    @bentoml.api
     async def metadata(self, req: Empty, /) -> Metadata:
-        """Model name, registry version, source, metrics, data version and domains."""
-        return Metadata(**self.rec.metadata())
+        """Model name, registry version, source and origin, metrics, data version, domains, encoder and batch
+        counters (liveness and readiness are BentoML's GET /livez and /readyz)."""
+        return Metadata(**self.rec.metadata(), origin=self.origin,
+                        encoder_loaded=bool(self.rec.encoder and self.rec.encoder.loaded),
+                        recommend_batches=self.batcher.batches if self.batcher else 0,
+                        recommend_queries=self.batcher.queries if self.batcher else 0)
 
 
 def _max_body_bytes() -> int:
