@@ -80,8 +80,9 @@ def write_json(path: str | Path, payload: Any) -> Path:
 
 # A model stage's metrics file holds every figure (each @k, the cold-start slices): thousands of columns in
 # `dvc metrics show`. So it is a plain out that `evaluate` and the tests read, and the DVC metric of the stage is
-# its headline file: per split (valid/test) only these ranking figures, the non-@k ones (rmse, auc) and scalars.
-HEADLINE_METRICS = ("ndcg@10", "ndcg@20", "recall@20")
+# its headline file: per split (valid/test) only these figures (rmse and auc where a model predicts ratings or
+# clicks), and the result's own scalars (best_epoch, fraction, ...).
+HEADLINE_METRICS = ("ndcg@10", "ndcg@20", "recall@20", "rmse", "auc")
 HEADLINE_SPLITS = ("valid", "test")
 
 
@@ -92,15 +93,15 @@ def headline_path(path: str | Path) -> Path:
 
 
 def headline(payload: Any) -> Any:
-    """`payload` with each split dict (``valid``/``test``) cut to :data:`HEADLINE_METRICS` and its non-@k
-    figures, and any other nested dict of a result (``cold``) dropped; a result is a dict holding a split."""
+    """`payload` with each split dict (``valid``/``test``) cut to :data:`HEADLINE_METRICS` and any other nested
+    dict of a result (``cold``) dropped; a result is a dict holding a split."""
     if not isinstance(payload, dict):
         return payload
     if any(isinstance(payload.get(s), dict) for s in HEADLINE_SPLITS):
         out = {}
         for key, value in payload.items():
             if key in HEADLINE_SPLITS and isinstance(value, dict):
-                out[key] = {k: v for k, v in value.items() if "@" not in str(k) or k in HEADLINE_METRICS}
+                out[key] = {k: v for k, v in value.items() if k in HEADLINE_METRICS}
             elif not isinstance(value, (dict, list)):
                 out[key] = value
         return out

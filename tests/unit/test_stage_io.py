@@ -7,7 +7,8 @@ from pathlib import Path
 
 from m6rec.stage_io import headline, split_timings, timings_path, write_json, write_metrics
 
-RESULT = {"valid": {"ndcg@10": 0.1, "ndcg@20": 0.2, "recall@20": 0.3, "hit@20": 0.5, "auc": 0.7},
+RESULT = {"valid": {"ndcg@10": 0.1, "ndcg@20": 0.2, "recall@20": 0.3, "hit@20": 0.5, "auc": 0.7,
+                    "mrr": 0.4},
           "test": {"ndcg@20": 0.25, "precision@10": 0.01, "rmse": 0.9}, "cold": {"ndcg@20": 0.05},
           "fit_s": 1.5, "eval_s": 0.5, "best_epoch": 3}
 
@@ -19,7 +20,7 @@ def test_split_timings_moves_every_duration_and_keeps_the_nesting():
     assert split_timings({"a": 1}) == ({"a": 1}, None)
 
 
-def test_headline_keeps_three_ranking_figures_and_the_non_at_k_ones():
+def test_headline_keeps_three_ranking_figures_rmse_and_auc():
     top = headline({"d": {"m": RESULT}})["d"]["m"]
     assert top == {"valid": {"ndcg@10": 0.1, "ndcg@20": 0.2, "recall@20": 0.3, "auc": 0.7},
                    "test": {"ndcg@20": 0.25, "rmse": 0.9}, "fit_s": 1.5, "eval_s": 0.5, "best_epoch": 3}
