@@ -276,7 +276,9 @@ class EvaluateParams:
     """`evaluate`: the evaluate stage's comparison of every model stage."""
 
     inputs: tuple[str, ...] = ("metrics/baselines.json",)  # metrics files the evaluate stage compares
-    summary: str = "metrics/summary.json"  # per-domain comparison
+    summary: str = "reports/summary.json"  # per-domain comparison (every model's figure)
+    headline: str = "metrics/headline.json"  # the DVC metric: best model and reference per domain
+    headline_metrics: tuple[str, ...] = ("ndcg@10", "ndcg@20", "recall@20")  # test figures in the headline
     plot: str = "plots/summary.json"  # rows (domain, model, metric) for dvc plots
     report: str = "reports/summary.md"  # human-readable comparison table
     metric: str = "ndcg@20"  # the test metric models are compared on

@@ -72,7 +72,7 @@ def test_export_load_roundtrip(tiny_prepared, tmp_path):
                                                  "metrics": {"ml-100k": {"svd4": {"valid": {"ndcg@20": 0.1}}}}})
     assert not list(tmp_path.glob(".b-*")), "temporary folder left behind"
     meta = read_meta(path)
-    assert meta["model"] == "svd4" and meta["created"] and meta["format_version"] == FORMAT_VERSION == 3
+    assert meta["model"] == "svd4" and "created" not in meta and meta["format_version"] == FORMAT_VERSION == 3
     assert meta_metrics(meta) == meta["metrics"]
     assert meta["domains"]["ml-100k"]["text_dim"] == 5 and meta["domains"]["amazon-office"]["text_dim"] == 0
     back = load_bundle(path)

@@ -54,8 +54,8 @@ v}}}}`` with model = ``meta["model"]``; bundles written before carry ``{domain: 
 through :func:`meta_metrics`), ``data_version`` (of the data the model was trained and validated on:
 ``m6rec.tracking.data_version(paths=["data/validated"])``, so that the register stage can tell whether the metrics
 still apply), ``encoder`` (sentence-encoder name as in the ``text_embeddings`` stage; required when a domain has a
-text projection), optionally ``encoder_max_seq_length``, ``created`` (ISO time, filled in by ``export_bundle``) and
-``explainer`` (default ``"similarity"``, see ``m6rec.serving.recommender``).
+text projection), optionally ``encoder_max_seq_length``, ``created`` (ISO time, in bundles written before bundles became
+content-deterministic only) and ``explainer`` (default ``"similarity"``, see ``m6rec.serving.recommender``).
 """
 
 from __future__ import annotations

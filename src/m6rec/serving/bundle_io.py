@@ -12,7 +12,6 @@ symlink out), and a truncated or corrupt file is a :class:`BundleError` naming i
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -110,7 +109,8 @@ def export_bundle(path: str | Path, domains: Mapping[str, DomainBundle], meta: M
         raise BundleError("meta['encoder'] must name the sentence encoder when a domain has a text projection")
     full_meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # no creation time: a bundle is a DVC out and must be the same bytes for the same inputs (the MLflow
+        # run and the decision log record when it was made)
         **dict(meta),
         "domains": {name: domain_entry(d) for name, d in domains.items()},
     }

@@ -22,7 +22,7 @@ from m6rec.config import BaselinesParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import stage_params, tracking_settings, write_json
+from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics
 from m6rec.training.baselines import plot_rows, run_domain
 from m6rec.training.checkpoint import save_checkpoint
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, model in fitted.items():
                 served.setdefault(name, {})[domain] = model
             fitted = None
-        write_json(cfg.metrics, metrics)
+        write_metrics(cfg.metrics, metrics)
         write_json(cfg.plot, plot_rows(metrics))
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)

@@ -23,7 +23,7 @@ from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle import META_FILE
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 from m6rec.serving.export import bundle_meta, raw_user_ids
-from m6rec.stage_io import stage_params, tracking_settings, write_json
+from m6rec.stage_io import stage_params, tracking_settings, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s blend test %s %.4f; best single %s %.4f", d, cfg.metric,
                      metrics[d]["blend"]["test"].get(cfg.metric, 0.0), best,
                      metrics[d][best]["test"].get(cfg.metric, 0.0))
-        write_json(cfg.metrics, metrics)
+        write_metrics(cfg.metrics, metrics)
         tracking.log_metrics({d: {"blend": {s: metrics[d]["blend"][s] for s in ("valid", "test")}}
                               for d in metrics})
         tracking.log_artifact(cfg.metrics)

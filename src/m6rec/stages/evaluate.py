@@ -1,8 +1,9 @@
 """Stage `evaluate`: one comparison of every model of every stage, per domain.
 
 Reads the metrics files of the model stages ({domain: {model: {"valid": {...}, "test": {...}, ...}}}), writes
-`metrics/summary.json` (per domain: the best model on test and each model's test figures, next to MostPopular),
-a plot table (test metric by domain and model) and a Markdown report.
+`headline` (the pipeline's DVC metric: per domain, the best model on test `metric` and the reference model, each
+with its `headline_metrics`), `summary` (per domain: the best model and each model's test figure), a plot table
+(test metric by domain and model, drawn one facet per domain) and a Markdown report.
 """
 
 from __future__ import annotations
@@ -48,6 +49,27 @@ def summarise(table: dict[str, dict[str, dict]], metric: str, reference: str) ->
     return out
 
 
+def headline(table: dict[str, dict[str, dict]], summary: dict[str, dict], reference: str,
+             metrics: tuple[str, ...]) -> dict[str, dict]:
+    """{domain: {"best_model": name, "best": {m: test figure}, reference: {m: test figure}}}: a few columns per
+    domain in `dvc metrics show`, the figures that say whether a change helped."""
+    out = {}
+    for domain, s in summary.items():
+        models = table[domain]
+        ref = next((m for m in s["models"] if m.rsplit("/", 1)[-1] == reference), None)
+        entry: dict = {"best_model": s["best_model"],
+                       "best": {m: models[s["best_model"]][m] for m in metrics if m in models[s["best_model"]]}}
+        if ref is not None:
+            entry[reference] = {m: models[ref][m] for m in metrics if m in models[ref]}
+        out[domain] = entry
+    return out
+
+
+def plot_rows(summary: dict[str, dict], metric: str) -> list[dict]:
+    """One row per domain and model (the model without the domain: the plot facets by domain)."""
+    return [{"domain": d, "model": m, f"test_{metric}": v} for d, s in summary.items() for m, v in s["models"].items()]
+
+
 def report_markdown(summary: dict[str, dict], metric: str, reference: str) -> str:
     lines = [f"# Model comparison (test {metric}, full ranking)", ""]
     for domain, s in summary.items():
@@ -71,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         files[p.stem] = json.loads(p.read_text(encoding="utf-8"))
     table = collect(files)
     summary = summarise(table, cfg.metric, cfg.reference)
-    rows = [{"model": f"{d}/{m}", "domain": d, f"test_{cfg.metric}": v}
-            for d, s in summary.items() for m, v in s["models"].items()]
+    write_json(cfg.headline, headline(table, summary, cfg.reference, cfg.headline_metrics))
     write_json(cfg.summary, summary)
-    write_json(cfg.plot, rows)
+    write_json(cfg.plot, plot_rows(summary, cfg.metric))
     write_text(cfg.report, report_markdown(summary, cfg.metric, cfg.reference))
     for domain, s in summary.items():
         log.info("%s: best %s (%s %.4f; %s %s)", domain, s["best_model"], cfg.metric, s[f"best_test_{cfg.metric}"],

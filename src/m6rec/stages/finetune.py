@@ -39,7 +39,7 @@ from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
-from m6rec.stage_io import stage_params, tracking_settings, write_json
+from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics
 from m6rec.training.assembly import CHECKPOINT, load_pretrained
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.training.transfer import finetune_target, run_name
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "source": str(Path(cfg.multitask_dir) / CHECKPOINT),
                                   "source_domains": list(source.domains), "encoder": items.encoder})
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # a declared output even when no model is saved
-        write_json(cfg.metrics, metrics)
+        write_metrics(cfg.metrics, metrics)
         write_json(cfg.plot, plot_rows(metrics, cfg.fractions))
         if cfg.bundle and (targets or cfg.source_bundle):
             name = f"finetune-{cfg.save_mode}"  # the family: e.g. attention_mt-finetune-full

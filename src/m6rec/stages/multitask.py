@@ -24,7 +24,7 @@ from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.explain import explanations_markdown
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import stage_params, tracking_settings, write_json, write_text
+from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics, write_text
 from m6rec.training.assembly import CHECKPOINT, load_pretrained, ordered_domains
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.transfer import train_variants
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,
                               meta={"domains": domains, "variant": cfg.save_variant, "encoder": items.encoder,
                                     "ordered": ordered, "pretrain_source_domains": list(items.source_domains)})
-        write_json(cfg.metrics, metrics)
+        write_metrics(cfg.metrics, metrics)
         write_json(cfg.plot, plot_rows(metrics))
         write_text(cfg.explanations, explanations_markdown(explanations, cfg.save_variant))
         meta = bundle_meta(cfg.save_variant, "multitask", {d: metrics[d][cfg.save_variant] for d in datas},

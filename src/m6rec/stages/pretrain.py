@@ -34,7 +34,7 @@ from m6rec.graph.build import load_graph
 from m6rec.log import setup_logging
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
-from m6rec.stage_io import tracking_settings, write_json
+from m6rec.stage_io import tracking_settings, write_json, write_metrics
 from m6rec.text.embeddings import load_embeddings
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.distributed import DistEnv, cleanup, init_distributed
@@ -99,7 +99,7 @@ def _main(params_path: str, env: DistEnv) -> int:
         tracking.log_bundle_model(cfg.bundle, prepared)
     out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,
                           meta=checkpoint_meta(graph, emb_meta, info))
-    write_json(cfg.metrics, metrics)
+    write_metrics(cfg.metrics, metrics)
     write_json(cfg.plot, [{"epoch": r["epoch"], "valid_metric": r["valid_metric"], "loss": r["loss"]}
                           for r in info["curve"] if "valid_metric" in r])
     for d, r in metrics.items():
