@@ -349,15 +349,13 @@ def model_signature():
 
 
 def input_example(bundle_dir: str | Path, meta: Mapping[str, Any], k: int = 5):
-    """One request: the bundle's first domain, its first user (read from that domain's ``ids.json``)."""
-    import pandas as pd
-
+    """One request: the bundle's first domain, its first user (read from that domain's ``ids.json``), as columns
+    (MLflow turns it into the pyfunc's DataFrame; pandas stays out of this module, which the service imports)."""
     from m6rec.serving.bundle_io import domain_folder
 
     domain = next(iter(meta["domains"]))
     ids = json.loads((domain_folder(bundle_dir, domain) / "ids.json").read_text(encoding="utf-8"))
-    return pd.DataFrame({"domain": [domain], "user": [str(ids["raw_user"][0]) if ids["raw_user"] else ""],
-                         "k": [k]})
+    return {"domain": [domain], "user": [str(ids["raw_user"][0]) if ids["raw_user"] else ""], "k": [k]}
 
 
 def _requirements() -> list[str]:
