@@ -22,18 +22,9 @@ Row = dict[str, Any]  # {"item": str, "title": str, "score": float}
 
 
 def rows(answer: Mapping[str, Any]) -> list[Row]:
-    """The ranked items of a Recommender answer as ``[{item, title, score}]``.
-
-    Accepts both listing shapes the service has used: ``items`` as a list of ``{item, title, score}`` objects, or
-    parallel ``items``/``titles``/``scores`` lists.
-    """
-    items = list(answer.get("items") or [])
-    if items and isinstance(items[0], Mapping):
-        return [{"item": str(r["item"]), "title": str(r.get("title", "")), "score": float(r["score"])}
-                for r in items]
-    titles, scores = answer.get("titles") or [""] * len(items), answer.get("scores") or [0.0] * len(items)
-    return [{"item": str(i), "title": str(t), "score": float(s)} for i, t, s in zip(items, titles, scores,
-                                                                                      strict=True)]
+    """The ranked items of a Recommender answer (``items``: ``[{item, title, score}]``, best first), as plain types."""
+    return [{"item": str(r["item"]), "title": str(r.get("title", "")), "score": float(r["score"])}
+            for r in answer.get("items") or []]
 
 
 class Model:

@@ -124,16 +124,16 @@ def recommend(domain: Annotated[str, typer.Option("--domain", "-d", help="domain
         raise typer.BadParameter("give --user, or --item/--text for an anonymous user (not both)")
     _setup()
     m = _load(model, params)
-    fallback = None
+    source = "model"
     try:
         if user is not None:  # the Recommender's answer itself, to show a popularity fallback for an unknown user
             answer = m.recommender.recommend(domain, user, k)
-            rows, fallback = ranked_rows(answer), answer.get("fallback")
+            rows, source = ranked_rows(answer), answer.get("source", "model")
         else:
             rows = m.recommend_items(domain, items or [], k, text=text)
     except RequestError as exc:
         raise _client_error(exc) from None
-    _print(rows, as_json, {"domain": domain, "user": user, "fallback": fallback, "model": m.source,
+    _print(rows, as_json, {"domain": domain, "user": user, "source": source, "model": m.source,
                            "version": m.version})
 
 

@@ -100,8 +100,7 @@ class BundleRecommender(mlflow.pyfunc.PythonModel):
         for i, answer in enumerate(answers):
             if isinstance(answer, RequestError):
                 raise _bad(i, str(answer))
-            for rank, (item, title, score) in enumerate(zip(answer["items"], answer["titles"], answer["scores"],
-                                                            strict=True), 1):
-                out.append({"domain": str(rows[i]["domain"]), "user": str(rows[i]["user"]), "item": item,
-                            "title": title, "score": float(score), "rank": rank})
+            for rank, entry in enumerate(answer["items"], 1):
+                out.append({"domain": str(rows[i]["domain"]), "user": str(rows[i]["user"]), "item": entry["item"],
+                            "title": entry["title"], "score": float(entry["score"]), "rank": rank})
         return pd.DataFrame(out, columns=OUTPUT_COLUMNS).astype({"score": "float64", "rank": "int64"})

@@ -25,6 +25,7 @@ not RUNNING for ever (:func:`start_run` turns the signal into an exception insid
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -35,6 +36,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from m6rec.config import TrackingParams
 from m6rec.provenance import data_version, git_commit, project_root  # noqa: F401  (data_version: for the stages)
@@ -350,12 +353,16 @@ def model_signature():
 
 def input_example(bundle_dir: str | Path, meta: Mapping[str, Any], k: int = 5):
     """One request: the bundle's first domain, its first user (read from that domain's ``ids.json``), as columns
-    (MLflow turns it into the pyfunc's DataFrame; pandas stays out of this module, which the service imports)."""
+    (a DataFrame)."""
     from m6rec.serving.bundle_io import domain_folder
 
     domain = next(iter(meta["domains"]))
     ids = json.loads((domain_folder(bundle_dir, domain) / "ids.json").read_text(encoding="utf-8"))
-    return {"domain": [domain], "user": [str(ids["raw_user"][0]) if ids["raw_user"] else ""], "k": [k]}
+    user = str(ids["raw_user"][0]) if ids["raw_user"] else ""
+    # Only the training stages log models; the service imports this module to load them and must not import
+    # pandas, so pandas is imported here by name, at call time (MLflow's pyfunc example is a DataFrame).
+    pd = importlib.import_module("pandas")
+    return pd.DataFrame({"domain": [domain], "user": [user], "k": np.array([k], dtype=np.int64)})
 
 
 def _requirements() -> list[str]:

@@ -61,7 +61,7 @@ def test_recommend_prints_the_models_answer(small_bundle: Path):
                          "--json").stdout)
     assert len(anon["items"]) == 3
     unknown = json.loads(m6("recommend", "-d", DOMAIN, "-u", "no-such-user", "-m", str(small_bundle), "--json").stdout)
-    assert unknown["fallback"] == "popularity" and len(unknown["items"]) == 10
+    assert unknown["source"] == "popularity" and len(unknown["items"]) == 10
     bad = m6("recommend", "-d", "books", "-u", user, "-m", str(small_bundle), check=False)
     assert bad.returncode == 2 and "unknown domain 'books'" in bad.stderr
 

@@ -50,7 +50,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, tiny_prepared):
 
 def expected(bundle: Path, domain: str, user: str, k: int) -> list[tuple[str, float]]:
     answer = Recommender(load_bundle(bundle)).recommend(domain, user, k)
-    return list(zip(answer["items"], answer["scores"], strict=True))
+    return [(r["item"], r["score"]) for r in answer["items"]]
 
 
 def test_version_leads_to_the_training_run(logged):
@@ -104,9 +104,9 @@ def test_load_model_recommends_what_the_bundle_does(logged):
     assert list(first["score"]) == pytest.approx([s for _, s in want], rel=1e-6)
     anon_rows = out[out["domain"] == "amazon-office"]
     items = Recommender(bundle).recommend_items("amazon-office", anon, k=4)
-    assert list(anon_rows["item"]) == items["items"]
+    assert list(anon_rows["item"]) == [r["item"] for r in items["items"]]
     unknown = out[out["user"] == "not-a-user"]  # popularity fallback, as the service
-    assert list(unknown["item"]) == Recommender(bundle).recommend("ml-100k", "not-a-user", 3)["items"]
+    assert list(unknown["item"]) == [r["item"] for r in Recommender(bundle).recommend("ml-100k", "not-a-user", 3)["items"]]
     with pytest.raises(Exception, match="row 0: domain"):
         model.predict(pd.DataFrame({"domain": ["nope"], "user": [user], "k": [3]}))
 
