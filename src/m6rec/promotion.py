@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from m6rec.config import ProtocolParams, parse_metric
 from m6rec.data.dataset import DomainData, Prepared, domain_data
+from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import evaluate
 from m6rec.serving.bundle import META_FILE, Bundle, DomainBundle, meta_metrics
 from m6rec.serving.export import raw_user_ids
@@ -122,6 +124,17 @@ class BundleModel:
         self.history_len = self.scorer.max_len
         self.user_pos = torch.from_numpy(align_ids(b.raw_user, raw_user))
         self.item_pos = torch.from_numpy(align_ids(b.raw_item, data.items["raw_item"].astype(str).tolist()))
+        # Row scorers (item-item, graph filter, popularity) and blends score the input the protocol allows, built
+        # from the current data, never the bundle's stored train + valid rows (which hold the validation items).
+        self.composite = bool(self.scorer.components) or self.scorer.row_scorer is not None
+        if self.composite:
+            self.history_len = 0  # the protocol then passes train + valid rows at test/cold, None at valid
+            self.data = data
+            keep = np.flatnonzero(self.item_pos.numpy() >= 0)
+            self.to_bundle = sp.csr_matrix((np.ones(len(keep), np.float32), (keep, self.item_pos.numpy()[keep])),
+                                           shape=(len(self.item_pos), b.n_items))
+            lens = [c.max_len for c in self._leaves(self.scorer)]
+            self.sequences = split_histories(data, max(lens)) if max(lens) else None
         miss_u, miss_i = int((self.user_pos < 0).sum()), int((self.item_pos < 0).sum())
         if miss_u or miss_i:
             log.warning("%s: bundle lacks %d of %d users and %d of %d items of the current data (scored 0)",
@@ -131,6 +144,9 @@ class BundleModel:
         if domain != self.domain:
             raise KeyError(f"this bundle model scores domain '{self.domain}', not '{domain}'")
         items, unknown = self.item_pos.clamp_min(0), self.item_pos.unsqueeze(0) < 0
+        if self.composite:
+            return self._composite(self.scorer, np.asarray(users, dtype=np.int64), history)[:, items].masked_fill(
+                unknown, 0.0)
         if history is not None:
             hist = np.where(history >= 0, self.item_pos.numpy()[np.clip(history, 0, None)], -1)
             return self.scorer.histories(torch.from_numpy(hist))[:, items].masked_fill(unknown, 0.0)
@@ -139,6 +155,29 @@ class BundleModel:
         known = rows >= 0
         if known.any():
             out[known] = self.scorer.users(rows[known])[:, items].masked_fill(unknown, 0.0)
+        return out
+
+    @staticmethod
+    def _leaves(scorer: DomainScorer) -> list[DomainScorer]:
+        return [x for c in scorer.components for x in BundleModel._leaves(c)] if scorer.components else [scorer]
+
+    def _composite(self, scorer: DomainScorer, users: np.ndarray, rows: sp.csr_matrix | None) -> torch.Tensor:
+        """Scores in the bundle's item space of a row scorer or a blend, from the protocol's input: ``rows``
+        (train + valid at test and cold) or, when None, the training rows; a blend's history components get the
+        matching item sequences and its dot components their stored user vectors."""
+        if scorer.components:
+            return scorer.combine([self._composite(c, users, rows) for c in scorer.components])
+        if scorer.row_scorer is not None:
+            src = self.data.train[users] if rows is None else sp.csr_matrix(rows)
+            return scorer.rows((src @ self.to_bundle).tocsr())
+        if scorer.max_len:
+            hist = self.sequences["valid" if rows is None else "test"][users][:, -scorer.max_len:]
+            hist = np.where(hist >= 0, self.item_pos.numpy()[np.clip(hist, 0, None)], -1)
+            return scorer.histories(torch.from_numpy(hist))
+        pos = self.user_pos[torch.from_numpy(users)]
+        out = torch.zeros(len(pos), scorer.items.shape[0])
+        if (pos >= 0).any():
+            out[pos >= 0] = scorer.users(pos[pos >= 0])
         return out
 
     def export(self, domain: str):

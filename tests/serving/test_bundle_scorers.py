@@ -237,3 +237,30 @@ def test_blend_stage_paths_layout(baseline_bundles):
     root = Path(paths["ease"]).parent
     assert candidate_paths([str(root), str(root / "nowhere")]) == sorted(Path(p) for p in paths.values())
     assert candidate_paths([str(paths["gfcf"])]) == [Path(paths["gfcf"])]
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_gate_reevaluation_of_row_and_blend_bundles_sees_only_the_protocols_input(baseline_bundles, tiny_prepared,
+                                                                                 tmp_path, split):
+    """The register stage re-evaluates a bundle on current data (promotion.BundleModel): a row scorer or a blend
+    must be scored from the split's input (valid: training rows), not from the bundle's stored train + valid rows,
+    or the validation items would be its input and its validation figure would leak."""
+    from m6rec.config import ProtocolParams
+    from m6rec.evaluation.protocol import evaluate
+    from m6rec.promotion import BundleModel
+
+    datas, models, paths = baseline_bundles
+    data = datas["ml-100k"]
+    raw = raw_user_ids(tiny_prepared, "ml-100k")
+    for name in ("itemknn", "ease"):
+        gate = evaluate(BundleModel(load_bundle(paths[name]).domains["ml-100k"], data, raw), data, split,
+                        ProtocolParams())
+        own = evaluate(models[name]["ml-100k"], data, split, ProtocolParams())
+        assert gate["ndcg@20"] == pytest.approx(own["ndcg@20"], abs=1e-6)
+    cands = _candidates(baseline_bundles, tiny_prepared, data)
+    fit = fit_blend(cands, data, max_components=3, step=0.25)
+    fit.names, fit.weights = ["ease", "itemknn", "gfcf"], [0.5, 0.25, 0.25]
+    path = export_bundle(tmp_path / "blend", {"ml-100k": blend_domain(cands, fit)}, {"model": "blend"})
+    gate = evaluate(BundleModel(load_bundle(path).domains["ml-100k"], data, raw), data, split, ProtocolParams())
+    assert gate["ndcg@20"] == pytest.approx(evaluate_split(blend_score_fn(cands, fit, split), data, split)["ndcg@20"],
+                                            abs=1e-6)
