@@ -115,7 +115,11 @@ def test_missing_store_is_refused_and_not_created(tmp_path, monkeypatch):
 def serve_fails(cwd: Path, env: dict[str, str]) -> str:
     """Start `bentoml serve`; it must exit with status 3 within EXIT_WITHIN_S; returns its output."""
     # An empty BentoML home: a champion in the user's model store would be served instead (the registry fallback).
-    srv = LocalServer(env={"HF_HUB_OFFLINE": "1", "M6REC_THREADS": "1", "BENTOML_HOME": str(cwd / "bentoml"), **env},
+    # An empty download cache too: bundles are byte-identical across tests, and a verified cached copy of the same
+    # version and hash is (rightly) served without downloading the faulty artifacts again.
+    (cwd / "tmp").mkdir(exist_ok=True)
+    srv = LocalServer(env={"HF_HUB_OFFLINE": "1", "M6REC_THREADS": "1", "BENTOML_HOME": str(cwd / "bentoml"),
+                           "TMPDIR": str(cwd / "tmp"), **env},
                       cwd=cwd,
                       startup_timeout=EXIT_WITHIN_S, log_path=cwd / "serve.log")
     try:

@@ -89,7 +89,7 @@ def served_scores(domain: str, user: str, k: int = 10, name: str = "m6rec") -> t
 
 def bundle_scores(bundle: str, domain: str, user: str, k: int = 10) -> tuple[list[str], list[float]]:
     answer = Recommender(load_bundle(bundle)).recommend(domain, user, k)
-    return answer["items"], answer["scores"]
+    return [r["item"] for r in answer["items"]], [r["score"] for r in answer["items"]]
 
 
 def changed_copy(root: Path, name: str, times: int = 1) -> Path:

@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         for d in domains:
             data = domain_data(prepared, d)
             raw = raw_user_ids(prepared, d)
-            cands = {n: CandidateScores(b.domains[d], data, raw) for n, b in bundles.items() if d in b.domains}
+            # Dot-product bundles carry user vectors folded in from train + valid (what the service serves), so
+            # their validation scores would see the validation items: the weights are fitted on validation, so
+            # only kinds scored from the split's own input (item-item, graph filter, popularity, history) enter.
+            cands = {n: CandidateScores(b.domains[d], data, raw) for n, b in bundles.items()
+                     if d in b.domains and b.domains[d].kind != "dot"}
             if not cands:
                 raise KeyError(f"blend domain {d!r}: no candidate bundle has it")
             fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch)
