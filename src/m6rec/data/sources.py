@@ -200,35 +200,29 @@ def _from_official(spec: DatasetSpec, timeout: float) -> dict[str, bytes]:
     return out
 
 
-def _from_mirror(spec: DatasetSpec, mirror: Path) -> dict[str, bytes]:
-    folder = mirror / spec.name
+def _read_folder(spec: DatasetSpec, folder: Path, what: str) -> dict[str, bytes]:
+    """Every registered file of ``spec`` from ``folder`` (checked against the registry's sha256 where it has one);
+    a missing folder or file is an error naming it and ``what`` the folder is."""
     if not folder.is_dir():
-        raise DataSourceError(f"{spec.name}: mirror folder {folder} does not exist")
+        raise DataSourceError(f"{spec.name}: {what} {folder} does not exist")
     out = {}
     for name in spec.files:
         path = folder / name
         if not path.is_file():
-            raise DataSourceError(f"{spec.name}: mirror file {path} is missing")
+            raise DataSourceError(f"{spec.name}: file {path} named in the registry is missing from the {what}")
         data = path.read_bytes()
         _verify(spec, name, data)
         out[name] = data
     return out
 
 
+def _from_mirror(spec: DatasetSpec, mirror: Path) -> dict[str, bytes]:
+    return _read_folder(spec, mirror / spec.name, "mirror folder")
+
+
 def _from_local(spec: DatasetSpec) -> dict[str, bytes]:
-    """Every registered file from the entry's own folder (``path``); a missing one is an error naming it."""
-    folder = Path(spec.path or "")
-    if not folder.is_dir():
-        raise DataSourceError(f"{spec.name}: local source folder {folder} (registry `path`) does not exist")
-    out = {}
-    for name in spec.files:
-        file = folder / name
-        if not file.is_file():
-            raise DataSourceError(f"{spec.name}: file {file} named in the registry is missing")
-        data = file.read_bytes()
-        _verify(spec, name, data)
-        out[name] = data
-    return out
+    """Every registered file from the entry's own folder (``path``)."""
+    return _read_folder(spec, Path(spec.path or ""), "local source folder (registry `path`)")
 
 
 def fetch_dataset(
