@@ -94,8 +94,24 @@ def test_first_run_passes_and_says_so(cfg, tmp_path):
     outcome = validate_folder(today, cfg, tmp_path / "report", data_docs=False, baseline=tmp_path / "none")
     assert outcome.success and "drift" not in outcome.summary["suites"]
     assert outcome.summary["drift"]["status"].startswith("first run: no validated data to compare with")
-    written = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
-    assert written["drift"]["baseline"] is None
+    written = json.loads((tmp_path / "report" / "drift.json").read_text(encoding="utf-8"))
+    assert written["baseline"] is None and written["suite"] is None and written["success"] is True
+
+
+def test_tracked_summary_is_the_same_with_and_without_a_baseline(validated, cfg, tmp_path):
+    """summary.json (a DVC out) must not depend on the last run: a forced rerun of the same data keeps dvc.lock."""
+    today = prepare(raw_copy(tmp_path), tmp_path / "prepared")
+    first = validate_folder(today, cfg, tmp_path / "first", data_docs=False, baseline=tmp_path / "none")
+    second = validate_folder(today, cfg, tmp_path / "second", data_docs=False, baseline=validated)
+    assert first.success and second.success and "drift" in second.summary["suites"]
+    read = {name: json.loads((tmp_path / name / "summary.json").read_text(encoding="utf-8"))
+            for name in ("first", "second")}
+    for name, summary in read.items():  # the two report folders differ here, not in the pipeline
+        assert summary.pop("data_docs") == str(tmp_path / name / "data_docs" / "index.html")
+    assert read["first"] == read["second"] and "drift" not in read["second"]["suites"]
+    assert read["second"]["suites_evaluated"] == second.summary["suites_evaluated"] - 1
+    drift = json.loads((tmp_path / "second" / "drift.json").read_text(encoding="utf-8"))
+    assert drift["status"].startswith("compared") and drift["suite"]["passed"] == drift["suite"]["evaluated"] == 8
 
 
 def test_truncated_export_is_stopped_and_the_last_good_data_kept(validated, cfg, tmp_path, caplog):

@@ -3,8 +3,13 @@ the validated copy only when every expectation passes.
 
 The prepared folder is first copied to a hidden sibling of the output folder; that copy is what gets validated, and
 on success it is renamed into place, so the published bytes are exactly the validated ones. On failure the copy is
-deleted and the output folder keeps the last good data. Either way the Data Docs and a ``summary.json`` land in the
-report folder.
+deleted and the output folder keeps the last good data. Either way the Data Docs, a ``summary.json`` and a
+``drift.json`` land in the report folder.
+
+``summary.json`` (a DVC out) covers the checks that are a function of the data alone; the drift checks compare with
+the last validated data, which a stage cannot list as a dependency (it is its own persisted output, absent on a
+fresh clone), so their report goes to ``drift.json`` beside the Data Docs, and a forced rerun of the same data
+leaves ``dvc.lock`` as it was. Success in both files is the run's overall verdict (drift included).
 """
 
 from __future__ import annotations
@@ -30,6 +35,21 @@ log = logging.getLogger(__name__)
 
 DOCS_SUBDIR = "data_docs"
 SUMMARY_FILE = "summary.json"
+DRIFT_FILE = "drift.json"
+
+
+def split_drift(summary: dict) -> tuple[dict, dict]:
+    """``(data, drift)``: the summary of the data's own suites (totals recounted without the drift suite) and the
+    drift report with its suite's results (None when nothing was compared)."""
+    suites = {k: v for k, v in summary["suites"].items() if k != "drift"}
+    evaluated = sum(s["evaluated"] for s in suites.values())
+    passed = sum(s["passed"] for s in suites.values())
+    data = {**{k: v for k, v in summary.items() if k != "drift"}, "suites": suites,
+            "expectations_evaluated": evaluated, "expectations_passed": passed,
+            "expectations_failed": evaluated - passed, "suites_evaluated": len(suites),
+            "suites_passed": sum(bool(s["success"]) for s in suites.values()), "drift_report": DRIFT_FILE}
+    drift = {"success": summary["success"], **summary.get("drift", {}), "suite": summary["suites"].get("drift")}
+    return data, drift
 
 
 def thresholds(cfg: ValidateParams, now: float | None = None) -> Thresholds:
@@ -84,16 +104,18 @@ def load_baseline(folder: Path | None) -> tuple[dict[str, pd.DataFrame], dict] |
 
 def validate_folder(folder: Path, cfg: ValidateParams, report_dir: Path, label: str | None = None,
                     data_docs: bool = True, baseline: Path | None = None, now: float | None = None) -> Outcome:
-    """Validate a prepared folder; writes the Data Docs and summary.json into report_dir (replacing old ones).
+    """Validate a prepared folder; writes the Data Docs, summary.json and drift.json into report_dir (replacing old
+    ones). The returned outcome's summary holds every suite, drift included.
 
     `label` names the data in summary.json (the folder the user knows, not the staging copy); `baseline` is the last
     validated folder, the drift checks' reference (None or absent: first run); `now` anchors the future check.
     """
-    docs_dir, summary_path = report_dir / DOCS_SUBDIR, report_dir / SUMMARY_FILE
+    docs_dir, summary_path, drift_path = report_dir / DOCS_SUBDIR, report_dir / SUMMARY_FILE, report_dir / DRIFT_FILE
     # Only what this stage writes is removed: report_dir may be shared with other reports.
     if docs_dir.exists():
         shutil.rmtree(docs_dir)
     summary_path.unlink(missing_ok=True)
+    drift_path.unlink(missing_ok=True)
     tables, meta = load_tables(folder)
     suites = build_suites(meta, thresholds(cfg, now))
     batches = build_batches(tables, meta)
@@ -105,8 +127,9 @@ def validate_folder(folder: Path, cfg: ValidateParams, report_dir: Path, label: 
     report_dir.mkdir(parents=True, exist_ok=True)
     outcome = run_checks(batches, suites, docs_dir, cfg.max_examples, data_docs=data_docs)
     outcome.summary["drift"] = drift_report
-    summary = {"in_dir": label or str(folder), **outcome.summary}
-    summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    data_summary, drift_summary = split_drift({"in_dir": label or str(folder), **outcome.summary})
+    summary_path.write_text(json.dumps(data_summary, indent=2), encoding="utf-8")
+    drift_path.write_text(json.dumps(drift_summary, indent=2), encoding="utf-8")
     return outcome
 
 
