@@ -327,8 +327,13 @@ class BlendParams:
     max_components: int = 3  # blend the best N candidates (by validation metric) of each domain
     step: float = 0.1  # simplex grid step of the weights
     metric: str = "ndcg@20"  # validation metric the weights maximise
+    folds: int = 10  # seeded folds of the validation users for the cross-fitted acceptance of a mixture
+    min_z: float = 2.0  # a mixture is kept only if its held-out gain over the best single is >= min_z std errors
+    seed: int = 42  # fold assignment
 
     def __post_init__(self) -> None:
+        if self.folds < 0:
+            raise ConfigError(f"blend.folds must be >= 0 (0 or 1: no acceptance test), got {self.folds}")
         if not 0 < self.step <= 1:
             raise ConfigError(f"blend.step must be in (0, 1], got {self.step}")
         if self.max_components < 1:

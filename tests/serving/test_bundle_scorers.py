@@ -15,7 +15,8 @@ import torch
 
 from m6rec.data.dataset import domain_data
 from m6rec.evaluation.protocol import evaluate_split
-from m6rec.models.blend import CandidateScores, blend_domain, blend_score_fn, fit_blend, simplex_grid, split_rows
+from m6rec.models.blend import (CandidateScores, blend_domain, blend_score_fn, cross_fitted_gains, fit_blend,
+                               simplex_grid, split_rows, user_folds)
 from m6rec.models.ease import EASE
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
@@ -185,13 +186,61 @@ def test_blend_weights_are_fitted_on_validation_only(baseline_bundles, tiny_prep
         other = dataclasses.replace(data, test=test)
         refit = fit_blend(_candidates(baseline_bundles, tiny_prepared, other), other, max_components=3, step=0.25)
         assert (refit.names, refit.weights, refit.valid) == (fit.names, fit.weights, fit.valid)
-    # The fit keeps the best validation point of its grid, which includes every single candidate among the chosen.
-    assert fit.valid == max(v for _, v in fit.grid)
-    assert fit.valid >= max(sorted(fit.candidate_valid.values())[-3:]) - 1e-12
+    # The grid's best point is at least as good as every single candidate among the chosen; the fit serves it only
+    # when the cross-fitted test accepted it, else the best single candidate alone.
+    assert fit.mixture_valid == max(v for _, v in fit.grid)
+    assert fit.mixture_valid >= max(fit.candidate_valid.values()) - 1e-12
+    assert len(fit.fold_gains) == 10
+    if fit.accepted:
+        assert fit.valid == fit.mixture_valid and len(fit.names) > 1 and fit.z >= 2.0
+    else:
+        assert fit.names == [fit.chosen[0]] and fit.weights == [1.0]
+        assert fit.valid == pytest.approx(fit.candidate_valid[fit.chosen[0]], abs=1e-9)
     # Changing the validation items does change what the fit sees.
     other = dataclasses.replace(data, valid=data.test.copy())
     assert fit_blend(_candidates(baseline_bundles, tiny_prepared, other), other, step=0.25).candidate_valid != \
         fit.candidate_valid
+
+
+def test_cross_fitted_gains_reward_a_consistent_gain_and_not_a_lucky_fold():
+    sizes = np.full(10, 50.0)
+    vertices = [0, 1]
+    # Point 2 beats both singles by .01 on every fold: every held-out fold sees that gain.
+    steady = np.array([[0.30] * 10, [0.28] * 10, [0.31] * 10])
+    np.testing.assert_allclose(cross_fitted_gains(steady, sizes, vertices), 0.01)
+    # Point 2 is best overall only through one fold: it is chosen whenever that fold is among the others, and then
+    # loses .002 on the held-out fold; held out, the lucky fold's own gain is not seen (the single is chosen).
+    lucky = steady.copy()
+    lucky[2] = 0.298
+    lucky[2, 3] = 0.40
+    gains = cross_fitted_gains(lucky, sizes, vertices)
+    assert gains[3] == 0.0 and np.all(np.delete(gains, 3) == pytest.approx(-0.002))
+    assert np.argmax(lucky @ sizes) == 2  # in sample, the lucky point would have been served
+
+
+def test_user_folds_partition_the_users_by_seed():
+    users = np.arange(3, 103)
+    folds = user_folds(users, 7, seed=1)
+    assert sorted(np.concatenate(folds).tolist()) == users.tolist()
+    assert {len(f) for f in folds} <= {14, 15}
+    assert all(np.array_equal(a, b) for a, b in zip(folds, user_folds(users, 7, seed=1)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, user_folds(users, 7, seed=2)))
+
+
+def test_blend_falls_back_to_the_best_single_unless_the_mixture_passes_the_test(baseline_bundles, tiny_prepared):
+    data = domain_data(tiny_prepared, "ml-100k")
+    cands = _candidates(baseline_bundles, tiny_prepared, data)
+    free = fit_blend(cands, data, max_components=3, step=0.25, folds=0)  # no test: the grid's best point
+    assert free.valid == free.mixture_valid and free.weights == [w for w in free.mixture if w > 0]
+    strict = fit_blend(cands, data, max_components=3, step=0.25, min_z=1e12)  # no mixture can pass
+    assert not strict.accepted and strict.names == [strict.chosen[0]] and strict.weights == [1.0]
+    best_single = max(strict.candidate_valid, key=strict.candidate_valid.get)
+    assert strict.names == [best_single]
+    # Served, the fallback ranks exactly as its candidate does (one z-scored component).
+    alone = evaluate_split(cands[best_single].score_fn("test"), data, "test")["ndcg@20"]
+    assert evaluate_split(blend_score_fn(cands, strict, "test"), data, "test")["ndcg@20"] == pytest.approx(alone,
+                                                                                                         abs=1e-9)
+    assert strict.mixture == free.mixture and strict.mixture_valid == free.mixture_valid
 
 
 def test_blend_bundle_scores_are_the_weighted_sum_of_its_components(baseline_bundles, tiny_prepared, tmp_path):

@@ -43,6 +43,10 @@ def test_stage_main_writes_the_blend_bundle_and_metrics(tiny_prepared_dir: Path,
         # The fit maximises validation: the blend is at least as good as each candidate there.
         assert metrics[d]["blend"]["valid"]["ndcg@20"] >= max(metrics[d][m]["valid"]["ndcg@20"]
                                                               for m in ("mostpop", "itemknn")) - 1e-9
+        # The record says which grid point won and whether the cross-fitted test let the mixture be served.
+        fit = metrics[d]["blend"]["fit"]
+        assert set(fit["mixture"]) == {"mostpop", "itemknn"} and len(fit["fold_gains"]) == params["blend"]["folds"]
+        assert fit["accepted"] == (len(weights) > 1)
     b = load_bundle(tmp_path / "blend")
     assert b.meta["model"] == "blend" and {x.kind for x in b.domains.values()} == {"blend"}
     assert b.meta["metrics"]["ml-100k"]["blend"]["test"] == metrics["ml-100k"]["blend"]["test"]

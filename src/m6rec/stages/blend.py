@@ -2,10 +2,12 @@
 
 Reads the candidate bundles (`bundles`: bundle folders, or folders of bundles such as models/baselines/bundles/),
 fits each domain's weights on the validation split only (:func:`m6rec.models.blend.fit_blend`: the best
-`max_components` candidates, a simplex grid of step `step`), and writes the blend's serving bundle (`bundle`, kind
+`max_components` candidates, a simplex grid of step `step`; a mixture is kept only if its cross-fitted gain over
+the best single candidate on `folds` folds of the validation users is at least `min_z` standard errors, else that
+single candidate is served alone), and writes the blend's serving bundle (`bundle`, kind
 ``blend`` per domain; meta ``model`` = ``blend``) and `metrics` ({domain: {model: {valid, test}}}: every candidate
-scored on this stage's inputs and ``blend``, with its ``weights``). The valid figures are what the fit saw; the test
-figures are reported only.
+scored on this stage's inputs and ``blend``, with its ``weights`` and ``fit``: the best grid point, its z and
+whether it was kept). The valid figures are what the fit saw; the test figures are reported only.
 """
 
 from __future__ import annotations
@@ -77,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
                      if d in b.domains and b.domains[d].kind != "dot"}
             if not cands:
                 raise KeyError(f"blend domain {d!r}: no candidate bundle has it")
-            fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch)
+            fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch, cfg.folds, cfg.min_z,
+                            cfg.seed)
             metrics[d] = {n: {s: evaluate_split(c.score_fn(s), data, s, ks, batch) for s in ("valid", "test")}
                           for n, c in cands.items()}
             metrics[d]["blend"] = {s: evaluate_split(blend_score_fn(cands, fit, s), data, s, ks, batch)
                                    for s in ("valid", "test")}
             metrics[d]["blend"]["weights"] = dict(zip(fit.names, fit.weights))
+            metrics[d]["blend"]["fit"] = {"mixture": dict(zip(fit.chosen, fit.mixture)), "accepted": fit.accepted,
+                                          "mixture_valid": fit.mixture_valid, "z": fit.z, "fold_gains": fit.fold_gains}
             served[d] = blend_domain(cands, fit)
             best = max((n for n in cands), key=lambda n: metrics[d][n]["test"].get(cfg.metric, 0.0))
             log.info("%s blend test %s %.4f; best single %s %.4f", d, cfg.metric,
