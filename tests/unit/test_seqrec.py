@@ -133,7 +133,7 @@ def test_training_windows_cover_every_next_item_once():
 
 def test_text_kernel_spans_mean_cosine_to_best_match():
     text = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    model = UniversalSeqRec(text_dim=3, dim=4, layers=1, heads=1, max_len=4)
+    model = UniversalSeqRec(text_dim=3, dim=4, layers=1, heads=1, max_len=4, center_text=False)
     model.attach_domain("d", text)
     history = np.array([[-1, -1, 0, 3]])
     mean = model.text_kernel("d", history, tau=1e4)[0].numpy()
@@ -145,3 +145,52 @@ def test_text_kernel_spans_mean_cosine_to_best_match():
     model.text_tau = 0.1
     with pytest.raises(NotServableError, match="text kernel"):
         model.export("d")
+
+
+def test_catalogue_centring_and_recency_weighted_history_text():
+    raw = np.array([[3.0, 4.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    model = UniversalSeqRec(text_dim=3, dim=4, layers=1, heads=1, max_len=3, init_decay=0.5)
+    model.attach_domain("d", raw)
+    unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    has = np.linalg.norm(raw, axis=1) > 0
+    want = unit - unit[has].mean(0)
+    want[has] /= np.linalg.norm(want[has], axis=1, keepdims=True)
+    tab = model.table("d")
+    np.testing.assert_allclose(tab.text.numpy(), want * has[:, None], atol=1e-6)  # the item without text stays 0
+    np.testing.assert_allclose(tab.raw.numpy(), unit, atol=1e-6)
+    plain = UniversalSeqRec(text_dim=3, dim=4, layers=1, heads=1, max_len=3, center_text=False)
+    plain.attach_domain("d", raw)
+    np.testing.assert_allclose(plain.table("d").text.numpy(), unit, atol=1e-6)
+    # Pooled history text: the item k steps back weighs decay ** k (0.5 here), padding nothing.
+    u = model.text_state("d", torch.tensor([[-1, 0, 3]]))[0].detach().numpy()
+    t = tab.text.numpy()
+    last = 0.5 * t[0] + t[3]
+    np.testing.assert_allclose(u[2], last / np.linalg.norm(last), atol=1e-5)
+    np.testing.assert_allclose(u[1], t[0] / np.linalg.norm(t[0]), atol=1e-5)
+    assert float(model.decay) == pytest.approx(0.5)
+    # The decay is learned with the score's other scalars: it is trained in the efficient mode, not frozen.
+    assert "decay_logit" in model.parameter_groups()["gate"]
+
+
+def test_calibration_reads_no_label_and_leaves_the_served_popularity_as_it_was(amazon, pretrained):
+    import copy
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from m6rec.training.seqrec import calibrate_mix
+
+    datas, text = amazon
+    target = datas[TARGET]
+    model = copy.deepcopy(pretrained)
+    model.attach_domain(TARGET, text[TARGET], np.asarray(target.train.sum(axis=0)).ravel())
+    pop_before = model.table(TARGET).pop.clone()
+    choice = calibrate_mix(model, target)
+    assert choice["seq"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) and choice["text"] == 1.0
+    assert torch.equal(model.table(TARGET).pop, pop_before)  # the served popularity input is restored
+    # Other validation and test items: the same choice (only training histories are read).
+    empty = sp.csr_matrix(target.test.shape, dtype=target.test.dtype)
+    other = dataclasses.replace(target, valid=empty, test=empty)
+    again = copy.deepcopy(pretrained)
+    again.attach_domain(TARGET, text[TARGET], np.asarray(other.train.sum(axis=0)).ravel())
+    assert calibrate_mix(again, other) == choice

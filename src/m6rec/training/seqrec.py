@@ -201,17 +201,27 @@ def calibrate_mix(model: UniversalSeqRec, data: DomainData,
                   ) -> dict[str, float | None]:
     """Choose the score terms' multipliers (:meth:`UniversalSeqRec.set_mix`; text fixed at 1) and the text term
     (trained mean cosine, or the kernel at one of `taus`) by NDCG@k of each user's last observed training item
-    (:func:`observed_holdout`): no validation or test label is read. Sets them on the model and returns them."""
+    (:func:`observed_holdout`; its popularity input without those items): no validation or test label is read.
+    Sets them on the model and returns them."""
     inputs, targets, masks = observed_holdout(data, model.history_len, seed=seed)
     model.set_mix()
     model.text_tau = None
     if not len(targets):
         return {**model.mix, "text_tau": None}
     users = np.arange(len(inputs))
-    parts = {}
-    for term in ("seq", "pop"):
-        model.set_mix(**{t: float(t == term) for t in ("seq", "text", "pop")})
-        parts[term] = model.full_scores(data.name, users, inputs)
+    model.set_mix(seq=1.0, text=0.0, pop=0.0)
+    parts = {"seq": model.full_scores(data.name, users, inputs)}
+    # The popularity input counts every training interaction, the held-out last items too: scored with it, a
+    # popular pseudo-target would look predictable because it was counted. Score the popularity term from the
+    # counts without the pseudo-targets (what a real future item's popularity input looks like).
+    tab = model.table(data.name)
+    counts = np.maximum(train_counts(data) - np.bincount(targets, minlength=tab.n_items), 0.0)
+    model.tables[data.name] = DomainTable(text=tab.text, pop=popularity_feature(counts), raw=tab.raw)
+    model.set_mix(seq=0.0, text=0.0, pop=1.0)
+    try:
+        parts["pop"] = model.full_scores(data.name, users, inputs)
+    finally:
+        model.tables[data.name] = tab
     texts = {}
     model.set_mix(seq=0.0, text=1.0, pop=0.0)
     for tau in taus:
