@@ -167,7 +167,7 @@ def test_catalogue_centring_and_recency_weighted_history_text():
     last = 0.5 * t[0] + t[3]
     np.testing.assert_allclose(u[2], last / np.linalg.norm(last), atol=1e-5)
     np.testing.assert_allclose(u[1], t[0] / np.linalg.norm(t[0]), atol=1e-5)
-    assert float(model.decay) == pytest.approx(0.5)
+    assert float(model.decay.detach()) == pytest.approx(0.5)
     # The decay is learned with the score's other scalars: it is trained in the efficient mode, not frozen.
     assert "decay_logit" in model.parameter_groups()["gate"]
 
