@@ -218,8 +218,8 @@ def fit_blend(candidates: Mapping[str, CandidateScores], data: DomainData, metri
              overall[single], float(gains.mean()) if len(gains) else 0.0, z,
              "mixture kept" if accepted else ("single alone" if multi else "best point is a single"))
     return BlendFit(names=names, weights=weights, valid=float(overall[pick]), candidate_valid=cand_valid,
-                    grid=grid, chosen=list(chosen), mixture=[float(x) for x in points[best]], mixture_valid=float(overall[best]),
-                    fold_gains=[float(g) for g in gains], z=z, accepted=accepted)
+                    grid=grid, chosen=list(chosen), mixture=[float(x) for x in points[best]],
+                    mixture_valid=float(overall[best]), fold_gains=[float(g) for g in gains], z=z, accepted=accepted)
 
 
 def blend_score_fn(candidates: Mapping[str, CandidateScores], fit: BlendFit, split: str) -> ScoreFn:

@@ -21,9 +21,9 @@ baseline (:mod:`m6rec.models.textsim`), which the learned part then corrects. Wi
 catalogue's vectors are first centred on that catalogue's mean and normalised again (:meth:`attach_domain`): a
 label-free statistic that removes the direction every item of a shop shares. Centring plus recency alone, no
 training, lifts the text baseline's test NDCG@10 from .0217 to .0344 on amazon-office, .0466 to .0706 on
-amazon-scientific and .0174 to .0613 on ml-100k (decay .7; bench/bench_transfer.py reports the model's figures). ``p_i = log(1 + c_i) / log(1 + max
-c)`` is the item's popularity in the domain's observed input histories (never test labels), and ``gate`` a tiny
-MLP learned on the source domains. The whole score is a dot product of ``[scale h, beta ū, 1]`` and ``[e_i, t_i,
+amazon-scientific and .0174 to .0613 on ml-100k (decay .7, bench/bench_text_kernels.py; bench/bench_transfer.py reports the model's figures).
+``p_i = log(1 + c_i) / log(1 + max c)`` is the item's popularity in the domain's observed input histories (never
+test labels), and ``gate`` a tiny MLP learned on the source domains. The whole score is a dot product of ``[scale h, beta ū, 1]`` and ``[e_i, t_i,
 gate(p_i)]``, which is how :meth:`UniversalSeqRec.export` serves it (:class:`m6rec.models.base.DotExport`).
 
 At inference the three terms can be re-weighted (:meth:`UniversalSeqRec.set_mix`) and the text term replaced by a
@@ -199,18 +199,16 @@ class UniversalSeqRec(nn.Module):
         With ``center_text`` the unit vectors are centred on the catalogue's mean (items with text) and normalised
         again: sentence vectors of one catalogue share a large common direction (a shop's "office product"), which
         dominates every cosine; removing it is a label-free statistic of the catalogue, so it holds zero-shot."""
-        raw = F.normalize(torch.as_tensor(np.asarray(text, dtype=np.float32)), dim=-1)
-        t = raw
+        t = raw = F.normalize(torch.as_tensor(np.asarray(text, dtype=np.float32)), dim=-1)
         if t.ndim != 2 or t.shape[1] != self.args["text_dim"]:
             raise ValueError(f"domain '{domain}' text vectors must be [n_items, {self.args['text_dim']}], "
                              f"got {tuple(t.shape)}")
         counts = np.zeros(len(t)) if counts is None else np.asarray(counts, dtype=np.float64)
         if counts.shape != (len(t),):
             raise ValueError(f"domain '{domain}' counts must have shape ({len(t)},), got {counts.shape}")
-        if self.args["center_text"] and t.ndim == 2:
-            has = t.norm(dim=-1) > 0
-            if has.any():
-                t = torch.where(has.unsqueeze(-1), F.normalize(t - t[has].mean(0, keepdim=True), dim=-1), t)
+        has = t.norm(dim=-1) > 0
+        if self.args["center_text"] and has.any():
+            t = torch.where(has.unsqueeze(-1), F.normalize(t - t[has].mean(0, keepdim=True), dim=-1), t)
         self.tables[domain] = DomainTable(text=t, pop=popularity_feature(counts), raw=raw)
 
     def table(self, domain: str) -> DomainTable:
@@ -237,7 +235,10 @@ class UniversalSeqRec(nn.Module):
         return F.normalize(e, dim=-1)
 
     def pop_score(self, domain: str, items: Tensor | None = None) -> Tensor:
-        pop = self.table(domain).pop if items is None else self.table(domain).pop[items]
+        return self.gate_score(self.table(domain).pop if items is None else self.table(domain).pop[items])
+
+    def gate_score(self, pop: Tensor) -> Tensor:
+        """The popularity term ``gate(p)`` of popularity features ``p`` (:func:`popularity_feature`)."""
         return self.gate(pop.unsqueeze(-1)).squeeze(-1)
 
     def _hidden(self, domain: str, hist: Tensor) -> tuple[Tensor, Tensor]:

@@ -214,14 +214,9 @@ def calibrate_mix(model: UniversalSeqRec, data: DomainData,
     # The popularity input counts every training interaction, the held-out last items too: scored with it, a
     # popular pseudo-target would look predictable because it was counted. Score the popularity term from the
     # counts without the pseudo-targets (what a real future item's popularity input looks like).
-    tab = model.table(data.name)
-    counts = np.maximum(train_counts(data) - np.bincount(targets, minlength=tab.n_items), 0.0)
-    model.tables[data.name] = DomainTable(text=tab.text, pop=popularity_feature(counts), raw=tab.raw)
-    model.set_mix(seq=0.0, text=0.0, pop=1.0)
-    try:
-        parts["pop"] = model.full_scores(data.name, users, inputs)
-    finally:
-        model.tables[data.name] = tab
+    counts = np.maximum(train_counts(data) - np.bincount(targets, minlength=model.table(data.name).n_items), 0.0)
+    with torch.no_grad():
+        parts["pop"] = model.gate_score(popularity_feature(counts)).expand(len(inputs), -1).clone()
     texts = {}
     model.set_mix(seq=0.0, text=1.0, pop=0.0)
     for tau in taus:
