@@ -49,6 +49,13 @@ TINY_OVERRIDES: dict[str, Any] = {
     "finetune.fractions": [0.5, 1.0],
     "finetune.train.epochs": 1,
     "finetune.train.examples_per_user": 5,
+    "seqrec.epochs": 1,
+    "seqrec.finetune_epochs": 1,
+    "seqrec.dim": 16,
+    "seqrec.layers": 1,
+    "seqrec.n_experts": 2,
+    "seqrec.max_len": 20,
+    "seqrec.valid_users": 0,
     "airflow.retries": 0,
 }
 

@@ -4,7 +4,7 @@
     m6rec recommend --domain ml-100k --user 1 [--k 10] [--model PATH|models:/m6rec@champion] [--json]
     m6rec similar --domain ml-100k --item 50 [--k 10] [--model ...] [--json]
     m6rec serve [--host 127.0.0.1] [--port 3000] [--model PATH|URI]  # bentoml serve of the service
-    m6rec add-domain NAME --path FILE --format csv|inter [--user-col ...] [--run]
+    m6rec add-domain NAME --path FILE --format csv|inter [--user-col ...] [--run]  # --run: up to a zero-shot bundle
     m6rec download [--offline] [--mirror DIR]                        # raw data (m6rec.stages.download)
     m6rec orchestration check-raw-data|build-bento|stages ...        # what the Airflow DAGs run
 
@@ -31,7 +31,7 @@ app = typer.Typer(name="m6rec", help="m6rec: open-domain recommendation (pipelin
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 SERVICE = "m6rec.serving.service:M6RecService"
-STAGES_AFTER_ADD = ("prepare", "validate", "text_embeddings")
+STAGES_AFTER_ADD = ("prepare", "validate", "text_embeddings", "seqrec")  # onboarding: up to a zero-shot bundle
 
 
 def _tool(name: str) -> str:
@@ -199,7 +199,8 @@ def add_domain(
     feedback: Annotated[str | None, typer.Option(help="explicit | implied | implicit_count")] = None,
     split: Annotated[str | None, typer.Option(help="chronological | random (default: by --time-col)")] = None,
     ts_kind: Annotated[str, typer.Option(help="unix | order: what the time column holds")] = "unix",
-    pretrain: Annotated[bool, typer.Option(help="a pretraining source")] = True,
+    pretrain: Annotated[bool, typer.Option(help="a pretraining source of the next full run (default: served "
+                                                "zero-shot, no model is retrained for it)")] = False,
     baselines: Annotated[bool, typer.Option(help="run the baselines on it")] = True,
     finetune: Annotated[bool, typer.Option(help="a fine-tuning target")] = False,
     registry: Annotated[Path, typer.Option(help="dataset registry")] = Path("config/datasets.yaml"),

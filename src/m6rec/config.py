@@ -106,6 +106,7 @@ STAGE_DOMAINS: dict[str, Any] = {
     "graph": lambda d: d.pretrain,
     "multitask": lambda d: d.pretrain and not d.finetune,
     "finetune": lambda d: d.finetune,
+    "seqrec": lambda d: True,
 }
 
 
@@ -443,6 +444,43 @@ class FinetuneParams:
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad or not self.fractions:
             raise ConfigError(f"params.yaml finetune.fractions must be in (0, 1], got {list(self.fractions)}")
+
+
+@dataclass(frozen=True)
+class SeqRecParams:
+    """`seqrec`: the universal text-based sequence model (m6rec.models.seqrec), pretrained once on `sources` and
+    served on every domain with item text (zero-shot on the domains it never trained on)."""
+
+    in_dir: str = "data/validated"  # canonical data that passed the checks
+    embeddings_dir: str = "data/embeddings"  # output of the text_embeddings stage (the items' sentence vectors)
+    out_dir: str = "models/seqrec"  # model.pt: the pretrained model, reused while its fingerprint is unchanged
+    bundle: str = "models/seqrec/bundle"  # serving bundle: every served domain (a candidate for the champion gate)
+    metrics: str = "metrics/seqrec.json"  # {domain: {seqrec | seqrec_zero_shot: {valid, test, cold, mode, ...}}}
+    domains: tuple[str, ...] = ()  # served domains (resolved: every declared domain; those without text skipped)
+    sources: tuple[str, ...] = ()  # pretraining sources; () = the pretrain-role domains that are not finetune targets
+    finetune: tuple[str, ...] = ()  # () = the finetune-role domains: also fine-tuned in `finetune_mode`
+    finetune_mode: str = "full"  # efficient | full (m6rec.models.seqrec.MODE_GROUPS)
+    calibrate: bool = True  # label-free re-weighting of a zero-shot domain's score terms on its observed histories
+    dim: int = 64  # width of the adaptor and the encoder
+    layers: int = 2  # causal self-attention blocks
+    heads: int = 2  # attention heads
+    max_len: int = 50  # history items kept per user (most recent)
+    n_experts: int = 4  # whitening experts of the shared adaptor
+    dropout: float = 0.2  # encoder dropout
+    epochs: int = 3  # most pretraining epochs (early stopping on the sources' validation)
+    finetune_epochs: int = 3  # most fine-tuning epochs (early stopping on the target's validation)
+    batch_size: int = 64  # training windows per batch
+    lr: float = 0.001  # Adam learning rate
+    patience: int = 2  # validations without gain before stopping
+    valid_users: int = 300  # users per domain sampled for early stopping
+    seed: int = 42  # initialisation, batches and validation samples
+
+    def __post_init__(self) -> None:
+        if self.finetune_mode not in ("efficient", "full"):
+            raise ConfigError(f"params.yaml seqrec.finetune_mode must be efficient or full, got {self.finetune_mode!r}")
+        for key in ("epochs", "finetune_epochs", "batch_size", "max_len", "dim", "layers", "heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"params.yaml seqrec.{key} must be >= 1, got {getattr(self, key)}")
 
 
 # ---- operations ------------------------------------------------------------------------------------------------

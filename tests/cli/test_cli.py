@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -129,21 +130,53 @@ def test_add_domain_names_a_wrong_column_and_writes_nothing(project: Path):
 
 
 @pytest.mark.slow
-def test_add_domain_run_reproduces_the_data_stages(tiny_project_copy):
-    """The user's path end to end in a real DVC project: add-domain --run, then nothing left to do for those stages."""
+def test_add_domain_run_onboards_a_new_domain_zero_shot_and_serves_it_over_http(tiny_project_copy):
+    """The user's path end to end in a real DVC project: with the universal model pretrained, `add-domain --run`
+    takes a CSV through prepare, validate, text encoding and the seqrec stage WITHOUT re-pretraining (model.pt is
+    the same bytes), the new domain is served zero-shot from a real BentoML server on 127.0.0.1, the data stages
+    are up to date afterwards, and the bundle is a candidate of the champion gate."""
+    import hashlib
+
+    from m6rec.api import rows
+    from m6rec.serving.bundle_io import load_bundle
+    from m6rec.serving.local_server import LocalServer
     from tests.conftest import VENV_BIN, run_in, tiny_env
 
     project = tiny_project_copy("own-data")
-    ratings, movies, kept = csv_sample(project / "mydata", n_users=80)
     env = dict(tiny_env(project), PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-    run_in(project, sys.executable, "-m", "m6rec", "add-domain", "shop", "--path", "mydata/ratings.csv",
-           "--user-col", "customer", "--item-col", "product", "--rating-col", "stars", "--time-col", "when",
-           "--item-file", "mydata/movies.csv", "--title-col", "name", "--text-col", "genres", "--run", env=env,
-           timeout=900)
+    run_in(project, str(VENV_BIN / "dvc"), "repro", "seqrec", env=env, timeout=900)
+    ckpt = project / "models" / "seqrec" / "model.pt"
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    sources = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))["domains"]
+
+    _, _, kept = csv_sample(project / "mydata", n_users=80)
+    res = run_in(project, sys.executable, "-m", "m6rec", "add-domain", "shop", "--path", "mydata/ratings.csv",
+                 "--user-col", "customer", "--item-col", "product", "--rating-col", "stars", "--time-col", "when",
+                 "--item-file", "mydata/movies.csv", "--title-col", "name", "--text-col", "genres", "--run",
+                 env=env, timeout=900)
+    assert "reusing models/seqrec/model.pt" in res.stderr + res.stdout  # no re-pretraining
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    assert params["domains"]["shop"] == {"pretrain": False} and set(sources) < set(params["domains"])
     meta = json.loads((project / "data" / "validated" / "meta.json").read_text(encoding="utf-8"))
     assert meta["domains"][-1] == "shop" and meta["per_domain"]["shop"]["n_raw_interactions"] == len(kept)
     embedded = json.loads((project / "data" / "embeddings" / "meta.json").read_text(encoding="utf-8"))
     assert embedded["domains"] == meta["domains"]
+    figures = json.loads((project / "metrics" / "seqrec.json").read_text(encoding="utf-8"))["shop"]["seqrec"]
+    assert figures["role"] == "zero_shot" and figures["mode"] == "zero_shot" and figures["test"]["ndcg@20"] > 0
     status = run_in(project, str(VENV_BIN / "dvc"), "status", "data.dvc", "prepare", "validate", "text_embeddings",
                     env=env).stdout
     assert "up to date" in status, status
+    assert "models/seqrec/bundle" in params["register"]["candidates"]
+
+    bundle = project / "models" / "seqrec" / "bundle"
+    user = load_bundle(bundle).domains["shop"].raw_user[3]
+    with LocalServer(env={"M6REC_BUNDLE": str(bundle), "HF_HUB_OFFLINE": "1"}, cwd=project,
+                     log_path=project / "serve.log") as srv:
+        req = urllib.request.Request(f"{srv.url}/recommend", data=json.dumps({"domain": "shop", "user": user,
+                                     "k": 5}).encode(), headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer = json.loads(resp.read())
+    served = [r["item"] for r in rows(answer)]
+    assert served == [r["item"] for r in m6rec.load(bundle).recommend("shop", user, k=5)]
+    assert len(served) == 5 and set(served) <= set(load_bundle(bundle).domains["shop"].raw_item)

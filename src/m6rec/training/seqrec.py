@@ -10,10 +10,13 @@ Popularity inputs are each domain's training counts (the observed histories).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from m6rec.data.dataset import DomainData
 from m6rec.data.sequences import history_window, user_sequences
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.seqrec import DomainTable, UniversalSeqRec, popularity_feature, sequence_chunks
+from m6rec.training.checkpoint import CheckpointError, load_checkpoint
 from m6rec.training.loop import FitHistory, fit
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,7 @@ def attach(model: UniversalSeqRec, datas: Mapping[str, DomainData], text: Mappin
 
 def joint_catalogue(model: UniversalSeqRec, datas: Mapping[str, DomainData]) -> tuple[str, dict[str, int]]:
     """One catalogue concatenating the (attached) domains of `datas`; returns its name and item offsets."""
-    name = "+".join(datas)
+    name = "joint:" + "+".join(datas)  # never a domain's own name (one source alone would be overwritten)
     offsets, total, texts, pops = {}, 0, [], []
     for d in datas:
         tab = model.table(d)
@@ -157,13 +161,15 @@ def finetune(pretrained: UniversalSeqRec | None, data: DomainData, text: np.ndar
     """A copy of `pretrained` adapted to `data` in `mode` on the training sequences of `users` only (``scratch``: a
     fresh model of `model_args`, every parameter trained). The target's popularity input is always every user's
     observed training history. Validation (early stopping) uses the valid split of `users`."""
+    torch.manual_seed(cfg.seed)  # every mode: the same run whatever ran before (e.g. a reused pretraining)
     if mode == "scratch":
-        torch.manual_seed(cfg.seed)
         model = UniversalSeqRec(**(model_args or (pretrained.config() if pretrained is not None else {})))
     else:
         if pretrained is None:
             raise ValueError(f"fine-tuning mode {mode!r} needs a pretrained model")
         model = copy.deepcopy(pretrained)
+        model.set_mix()  # a calibrated zero-shot mix is an inference setting; training starts from the trained model
+        model.text_tau = None
     model.attach_domain(data.name, text, train_counts(data))
     if mode in ("full", "scratch"):
         model.enable_ids(data.name)
@@ -243,6 +249,74 @@ def calibrate_mix(model: UniversalSeqRec, data: DomainData,
     return {**model.mix, "text_tau": choice[2]}
 
 
-__all__ = ["observed_holdout", "calibrate_mix", "SeqRecTrainParams", "attach", "joint_catalogue", "training_windows",
+def source_fingerprint(model_args: Mapping, cfg: SeqRecTrainParams, protocol: ProtocolParams,
+                       datas: Mapping[str, DomainData], text: Mapping[str, np.ndarray]) -> str:
+    """sha256 of everything pretraining reads: the model and training settings, the protocol (early stopping) and,
+    per source domain in order, its time-ordered training sequences, its validation rows and its text vectors.
+    Pretraining is deterministic given these, so an equal fingerprint means an equal model."""
+    h = hashlib.sha256(json.dumps({"model": dict(model_args), "train": asdict(cfg), "protocol": asdict(protocol)},
+                                  sort_keys=True, default=list).encode())
+    for d, data in datas.items():
+        seq = user_sequences(data, ("train",))
+        valid = data.valid.tocsr()
+        h.update(d.encode())
+        for arr in (seq.indptr, seq.items, valid.indptr, valid.indices):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(text[d], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def pretrained_model(path: str | Path, model_args: Mapping, datas: Mapping[str, DomainData],
+                     text: Mapping[str, np.ndarray], protocol: ProtocolParams, cfg: SeqRecTrainParams,
+                     progress: bool = False) -> tuple[UniversalSeqRec, dict, bool]:
+    """The model pretrained on the source domains `datas`: the checkpoint at `path` when its fingerprint
+    (:func:`source_fingerprint`) is that of these inputs, else a new pretraining. Returns (model, the record kept in
+    the checkpoint's meta, whether it was reused). Onboarding a domain therefore never re-pretrains."""
+    fp = source_fingerprint(model_args, cfg, protocol, datas, text)
+    path = Path(path)
+    if path.is_file():
+        try:
+            model, info = load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("%s is not reusable (%s): pretraining again", path, exc)
+        else:
+            if isinstance(model, UniversalSeqRec) and info["meta"].get("fingerprint") == fp:
+                log.info("seqrec: reusing %s (same sources, data and settings: fingerprint %s)", path, fp[:12])
+                attach(model, datas, text)
+                return model, dict(info["meta"]), True
+            log.info("seqrec: %s was trained on other inputs: pretraining again", path)
+    torch.manual_seed(cfg.seed)
+    model = UniversalSeqRec(**model_args)
+    hist = pretrain(model, datas, text, protocol, cfg, progress=progress)
+    model.eval()
+    record = {"fingerprint": fp, "sources": list(datas), "epochs": hist.epochs, "best_epoch": hist.best_epoch,
+              "losses": [round(float(x), 6) for x in hist.losses],
+              "valid": [[int(e), round(float(m), 6)] for e, m in hist.metrics]}
+    return model, record, False
+
+
+def serve_target(model: UniversalSeqRec, data: DomainData, text: np.ndarray, protocol: ProtocolParams,
+                 cfg: SeqRecTrainParams, calibrate: bool = True, finetune_mode: str | None = None
+                 ) -> tuple[UniversalSeqRec, dict]:
+    """The model a domain the pretraining never saw is served with: zero-shot (a copy of `model` given the domain's
+    text and observed popularity, its score terms calibrated label-free when `calibrate`), or, with
+    `finetune_mode`, that mode fine-tuned on all of the domain's training users when it is better on validation
+    (``protocol.select_metric``). Returns (model, {"mode", "mix", "valid": {mode: metric}})."""
+    zero = copy.deepcopy(model)
+    zero.attach_domain(data.name, text, train_counts(data))
+    mix = calibrate_mix(zero, data, taus=(None,), seed=cfg.seed) if calibrate else {**zero.mix, "text_tau": None}
+    options = {"zero_shot": zero}
+    if finetune_mode:
+        tuned, _ = finetune(model, data, text, finetune_mode, np.arange(data.n_users), protocol, cfg)
+        tuned.eval()
+        options[finetune_mode] = tuned
+    valid = {m: float(evaluate(o, data, "valid", protocol)[protocol.select_metric]) for m, o in options.items()}
+    mode = max(valid, key=lambda m: (valid[m], m == "zero_shot"))
+    log.info("%s: seqrec serves %s (valid %s %s)", data.name, mode, protocol.select_metric,
+             {m: round(v, 4) for m, v in valid.items()})
+    return options[mode], {"mode": mode, "mix": mix, "valid": valid}
+
+
+__all__ = ["source_fingerprint", "pretrained_model", "serve_target", "observed_holdout", "calibrate_mix", "SeqRecTrainParams", "attach", "joint_catalogue", "training_windows",
            "BatchMaker", "validation",
            "pretrain", "fraction_users", "finetune", "train_counts"]
