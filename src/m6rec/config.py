@@ -419,6 +419,7 @@ class FinetuneParams:
     in_dir: str = "data/validated"  # canonical data that passed the checks
     pretrain_dir: str = "models/pretrain"  # pretrained LightGCN checkpoint (item text vectors, base vectors)
     graph_dir: str = "data/graph"  # its graph (to propagate the pretrained item vectors)
+    embeddings_dir: str = "data/embeddings"  # item sentence vectors of targets the pretraining never saw
     multitask_dir: str = "models/multitask"  # multi-task checkpoint: the starting point
     out_dir: str = "models/finetune"  # <domain>/model.pt of `save_mode` at the largest fraction
     source_bundle: str = "models/multitask/bundle"  # the multi-task model's serving bundle ("" = targets only)

@@ -158,3 +158,23 @@ def test_a_target_the_source_trained_on_is_refused(parts):
         FinetuneParams(modes=("zero_shot", "lora"))
     with pytest.raises(ConfigError, match="fractions"):
         FinetuneParams(fractions=(0.0, 1.0))
+
+
+def test_a_target_the_pretraining_never_saw_is_fine_tuned_from_its_text(project: Path, parts):
+    """Inductive fine-tuning: without the target in the pretrained model, its items come from the text embeddings
+    (the same vectors the pretraining read), and every text-based mode gives what it gives for a pretrained target."""
+    source, items, data = parts
+    blind = dataclasses.replace(items, base={d: v for d, v in items.base.items() if d != TARGET},
+                                text={d: v for d, v in items.text.items() if d != TARGET})
+    with pytest.raises(ValueError, match="not in the pretrained model"):
+        assembly.target_model(source, blind, data, "zero_shot", "text", 0.0, 0)
+    embeddings = (project / "validated").resolve().parent / "embeddings"
+    inductive = assembly.with_unseen_domains(blind, {TARGET: data}, embeddings)
+    assert set(inductive.base) == set(items.base) and not inductive.base[TARGET].any()
+    np.testing.assert_allclose(inductive.text[TARGET], items.text[TARGET], atol=1e-3)
+    cfg = FinetuneParams(domains=(TARGET,), fractions=(1.0,), modes=("zero_shot", "efficient"),
+                         train=TrainParams(epochs=1, examples_per_user=5, negatives=64, batch_size=128, valid_users=0))
+    got, _ = finetune_target(source, inductive, data, cfg, ProtocolParams(), progress=False)
+    want, _ = finetune_target(source, items, data, cfg, ProtocolParams(), progress=False)
+    for run in ("zero_shot", "efficient@1"):
+        assert got[run]["test"]["ndcg@20"] == pytest.approx(want[run]["test"]["ndcg@20"], abs=1e-6), run

@@ -17,6 +17,9 @@ flattered by pretraining on the target's other users (the text projection was st
 texts in the graph if the target was a pretraining domain; excluding it from `graph.domains` makes the run fully
 clean). ``pretrained`` uses the target's pretrained (propagated) item vectors as the frozen base.
 
+Inductive: a target that was not a pretraining domain (``pretrain: false``, e.g. added by ``m6rec add-domain``)
+is fine-tuned from its item texts (`embeddings_dir`), with ``target_items: text``.
+
 Training users are seeded, nested subsets of the users with at least two training interactions; early stopping
 validates on those users' validation items only. Every run is evaluated on the target's full test split.
 
@@ -34,13 +37,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from m6rec import tracking
-from m6rec.config import FinetuneParams, ProtocolParams, section
+from m6rec.config import ConfigError, FinetuneParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics
-from m6rec.training.assembly import CHECKPOINT, load_pretrained
+from m6rec.training.assembly import CHECKPOINT, load_pretrained, with_unseen_domains
 from m6rec.training.checkpoint import load_checkpoint, save_checkpoint
 from m6rec.training.transfer import finetune_target, run_name
 
@@ -74,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                             data_paths=[cfg.in_dir, cfg.multitask_dir]):
         metrics: dict[str, dict] = {}
         targets = {}
-        for domain in cfg.domains:
+        datas = {d: domain_data(prepared, d) for d in cfg.domains}
+        unseen = [d for d in datas if d not in items.base]
+        if unseen and cfg.target_items == "pretrained":
+            raise ConfigError(f"finetune targets {unseen} were not pretraining domains, so they have no pretrained "
+                              f"item vectors: use finetune.target_items: text (their items from their text)")
+        items = with_unseen_domains(items, datas, cfg.embeddings_dir)
+        for domain, data in datas.items():
             if cfg.target_items == "pretrained" and domain not in items.source_domains:
                 log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
-            data = domain_data(prepared, domain)
             metrics[domain], model = finetune_target(source, items, data, cfg, protocol)
             if model is None:
                 continue

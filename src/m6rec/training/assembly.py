@@ -50,6 +50,39 @@ def load_pretrained(pretrain_dir: str | Path, graph_dir: str | Path) -> Pretrain
                            encoder=meta.get("encoder"), encoder_max_seq_length=meta.get("encoder_max_seq_length"))
 
 
+def with_unseen_domains(items: PretrainedItems, datas: dict[str, DomainData], embeddings_dir: str | Path
+                        ) -> PretrainedItems:
+    """`items` plus every domain of `datas` the pretraining never saw (inductive fine-tuning): its items are their
+    sentence vectors from the `text_embeddings` stage's output, with zero pretrained base vectors (so the target
+    model builds them from text alone: ``target_items: text``). A domain without any item text is an error."""
+    import dataclasses
+
+    from m6rec.models.textsim import domain_text_vectors
+    from m6rec.text.embeddings import load_embeddings
+
+    unseen = [d for d in datas if d not in items.base]
+    if not unseen:
+        return items
+    emb, mask, meta = load_embeddings(embeddings_dir)
+    missing = [d for d in unseen if d not in meta["item_offsets"]]
+    if missing:
+        raise ValueError(f"domains {missing} are neither in the pretrained model nor in the text embeddings of "
+                         f"{embeddings_dir}: rerun text_embeddings on the current data")
+    base, text = dict(items.base), dict(items.text)
+    for d, vecs in domain_text_vectors(emb, meta, unseen).items():
+        off, n = int(meta["item_offsets"][d]), int(meta["n_items"][d])
+        if n != datas[d].n_items:
+            raise ValueError(f"domain '{d}': the text embeddings have {n} items, the data {datas[d].n_items}: rerun "
+                             f"text_embeddings on the current data")
+        if not mask[off:off + n].any():
+            raise ValueError(f"domain '{d}' was not pretrained and has no item text: nothing to build its items "
+                             f"from (add it to the pretraining domains, or give its items text)")
+        base[d] = np.zeros((n, items.dim), dtype=np.float32)
+        text[d] = vecs
+    log.info("fine-tuning %s inductively: not pretraining domains, items from their text", unseen)
+    return dataclasses.replace(items, base=base, text=text)
+
+
 def rating_stats(data: DomainData, users: np.ndarray | None = None) -> tuple[float, float, float]:
     """(mean, low, high) of the training ratings of an explicit domain (of `users` only if given); zeros else."""
     if not data.explicit:
