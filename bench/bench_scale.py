@@ -202,10 +202,12 @@ def run_stage(root: Path, name: str, cmd: str, timeout_s: float, log_dir: Path) 
                            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "returncode": proc.returncode,
                            "status": "ok" if proc.returncode == 0 and not timed_out else
                            ("timeout" if timed_out else "failed")}
+    if timed_out:
+        res["error"] = f"stopped at the bench's --stage-timeout of {timeout_s:g} s (not finished)"
     if res["status"] != "ok":
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         errors = [line for line in tail if "Error" in line or "error" in line or "failed" in line]
-        res["error"] = (errors[-1] if errors else (tail[-1] if tail else ""))[-500:]
+        res.setdefault("error", (errors[-1] if errors else (tail[-1] if tail else ""))[-500:])
         res["log_tail"] = "\n".join(tail[-25:])[-4000:]
     return res
 
@@ -297,7 +299,8 @@ def extrapolate(runs: list[dict[str, Any]], target: int) -> dict[str, Any]:
 
 
 def first_wall(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The smallest measured size where a stage passed 24 GiB or 60 minutes, or failed/timed out."""
+    """The smallest measured size where a stage passed 24 GiB or 60 minutes, or failed. A stage stopped by a
+    --stage-timeout below 60 minutes is not a wall (only a lower bound on its time), so it is not reported here."""
     for run in sorted(runs, key=lambda r: r["size"]):
         for st in run["stages"]:
             over = []
@@ -305,7 +308,7 @@ def first_wall(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
                 over.append(f"peak RSS {st['peak_rss_mib'] / 1024:.1f} GiB > {WALL_RSS_GIB:g} GiB")
             if st["wall_s"] / 60 > WALL_MINUTES:
                 over.append(f"wall {st['wall_s'] / 60:.1f} min > {WALL_MINUTES:g} min")
-            if st["status"] != "ok":
+            if st["status"] == "failed" or st["status"] == "timeout" and st["wall_s"] / 60 > WALL_MINUTES:
                 over.append(f"{st['status']}: {st.get('error', '')}")
             if over:
                 return {"size": run["size"], "label": run["label"], "stage": st["stage"], "why": over}

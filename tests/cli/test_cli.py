@@ -95,7 +95,7 @@ def test_add_domain_registers_a_csv_dataset_that_prepare_and_validate_accept(pro
     text = (project / "params.yaml").read_text(encoding="utf-8")
     assert text.startswith("# m6rec parameters") and "# int: users with fewer interactions" in text
     params = load_params(project / "params.yaml")
-    assert params["domains"]["shop"] == {"baselines": False}
+    assert params["domains"]["shop"] == {"pretrain": False, "baselines": False}  # a new domain starts zero-shot
     assert params["validate"]["rating_scales"]["shop"] == [0.5, 5.0, 0.5]
     repo_params = load_params(REPO / "params.yaml")
     assert {k: v for k, v in params.items() if k not in ("domains", "validate")} == \
