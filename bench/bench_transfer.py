@@ -31,6 +31,7 @@ import torch
 
 from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
+from m6rec.data.splits import ORDERED_SPLITS
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.popularity import MostPopular
 from m6rec.models.seqrec import UniversalSeqRec
@@ -97,7 +98,7 @@ def run_heldout(target: str, datas: dict[str, DomainData], text: dict[str, np.nd
     for name, mix in ABLATIONS.items():
         model.set_mix(**mix)
         out["models"][f"seqrec_zero_shot_{name}"] = test_metrics(model, data, protocol)
-    out["calibrated_mix"] = calibrate_mix(model, data, seed=args.seed)
+    out["calibrated_mix"] = calibrate_mix(model, data, seed=args.seed, ordered=args.ordered[target])
     out["models"]["seqrec_zero_shot_calibrated"] = test_metrics(model, data, protocol)
     model.set_mix()
     model.text_tau = None
@@ -188,6 +189,8 @@ def main() -> None:
     emb, _, meta = load_embeddings(args.embeddings)
     text = domain_text_vectors(emb, meta, args.sources)
     datas = {d: domain_data(prepared, d) for d in args.sources}
+    args.ordered = {d: prepared.meta["per_domain"][d].get("split_method", "chronological") in ORDERED_SPLITS
+                    for d in args.sources}
     protocol = ProtocolParams()
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
@@ -196,7 +199,7 @@ def main() -> None:
         t0 = time.perf_counter()
         results[target] = run_heldout(target, datas, text, args, protocol)
         results[target]["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-        results[target]["config"] = {k: v for k, v in vars(args).items() if k not in ("domains", "out")}
+        results[target]["config"] = {k: v for k, v in vars(args).items() if k not in ("domains", "out", "ordered")}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print_table(results)

@@ -194,3 +194,29 @@ def test_calibration_reads_no_label_and_leaves_the_served_popularity_as_it_was(a
     again = copy.deepcopy(pretrained)
     again.attach_domain(TARGET, text[TARGET], np.asarray(other.train.sum(axis=0)).ravel())
     assert calibrate_mix(again, other) == choice
+
+
+def test_unordered_domains_calibrate_on_a_random_training_item_not_the_files_last(amazon):
+    """For a domain whose interaction order means nothing (random split), the pseudo-target is a seeded random
+    training item of the user: always one of the user's own items, never in its own input or mask."""
+    from m6rec.data.sequences import user_sequences
+    from m6rec.training.seqrec import observed_holdout
+
+    datas, _ = amazon
+    data = datas[TARGET]
+    seq = user_sequences(data, ("train",))
+    ins_o, tgt_o, _ = observed_holdout(data, 20, seed=0)
+    ins_r, tgt_r, masks_r = observed_holdout(data, 20, seed=0, ordered=False)
+    ins_r2, tgt_r2, _ = observed_holdout(data, 20, seed=0, ordered=False)
+    np.testing.assert_array_equal(tgt_r, tgt_r2)
+    np.testing.assert_array_equal(ins_r, ins_r2)
+    lengths = np.diff(seq.indptr)
+    users = np.flatnonzero(lengths >= 3)
+    assert len(tgt_o) == len(tgt_r) == len(users)
+    np.testing.assert_array_equal(tgt_o, seq.items[seq.indptr[users + 1] - 1])  # ordered: the last item
+    assert (tgt_r != tgt_o).mean() > 0.3  # unordered: mostly another item
+    for u, t, m, row in zip(users, tgt_r, masks_r, ins_r):
+        own = seq.items[seq.indptr[u]: seq.indptr[u + 1]]
+        assert t in own and len(m) == len(own) - 1
+        assert sorted([*m.tolist(), int(t)]) == sorted(own.tolist())
+        assert set(row[row >= 0].tolist()) <= set(m.tolist())

@@ -23,7 +23,7 @@ import torch
 
 from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData
-from m6rec.data.sequences import history_window, user_sequences
+from m6rec.data.sequences import Sequences, history_window, user_sequences
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.seqrec import DomainTable, UniversalSeqRec, popularity_feature, sequence_chunks
 from m6rec.training.checkpoint import CheckpointError, load_checkpoint
@@ -186,15 +186,26 @@ def finetune(pretrained: UniversalSeqRec | None, data: DomainData, text: np.ndar
     return model, hist
 
 
-def observed_holdout(data: DomainData, max_len: int, max_users: int = 1000, seed: int = 0
+def observed_holdout(data: DomainData, max_len: int, max_users: int = 1000, seed: int = 0, ordered: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Label-free check on a domain's observed input histories: each sampled user's last *training* item is the
-    target, the training items before it the input (and masked). Returns (inputs [n, L], targets [n], masks)."""
+    target, the training items before it the input (and masked). Returns (inputs [n, L], targets [n], masks).
+
+    ``ordered=False`` (a domain whose interaction order means nothing, e.g. a random split): the target is a seeded
+    random training item of the user instead of the last one; the last item of an unordered list is an artefact of
+    the file (lastfm's is the highest artist id), and calibrating on it drops popularity that the test rewards."""
     seq = user_sequences(data, ("train",))
     lengths = np.diff(seq.indptr)
     users = np.flatnonzero(lengths >= 3)
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    if not ordered:
+        rng = np.random.default_rng(seed + 1)
+        items = seq.items.copy()
+        for u in users:
+            j, last = rng.integers(seq.indptr[u], seq.indptr[u + 1]), seq.indptr[u + 1] - 1
+            items[j], items[last] = items[last], items[j]
+        seq = Sequences(indptr=seq.indptr, items=items, values=seq.values)
     ends = seq.indptr[users + 1] - 1
     inputs = history_window(seq, ends, seq.indptr[users], max_len)
     masks = [seq.items[seq.indptr[u]: e] for u, e in zip(users, ends)]
@@ -203,13 +214,13 @@ def observed_holdout(data: DomainData, max_len: int, max_users: int = 1000, seed
 
 def calibrate_mix(model: UniversalSeqRec, data: DomainData,
                   grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
-                  taus: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2), k: int = 10, seed: int = 0
-                  ) -> dict[str, float | None]:
+                  taus: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2), k: int = 10, seed: int = 0,
+                  ordered: bool = True) -> dict[str, float | None]:
     """Choose the score terms' multipliers (:meth:`UniversalSeqRec.set_mix`; text fixed at 1) and the text term
     (trained mean cosine, or the kernel at one of `taus`) by NDCG@k of each user's last observed training item
     (:func:`observed_holdout`; its popularity input without those items): no validation or test label is read.
-    Sets them on the model and returns them."""
-    inputs, targets, masks = observed_holdout(data, model.history_len, seed=seed)
+    Sets them on the model and returns them. ``ordered``: see :func:`observed_holdout`."""
+    inputs, targets, masks = observed_holdout(data, model.history_len, seed=seed, ordered=ordered)
     model.set_mix()
     model.text_tau = None
     if not len(targets):
@@ -296,15 +307,15 @@ def pretrained_model(path: str | Path, model_args: Mapping, datas: Mapping[str, 
 
 
 def serve_target(model: UniversalSeqRec, data: DomainData, text: np.ndarray, protocol: ProtocolParams,
-                 cfg: SeqRecTrainParams, calibrate: bool = True, finetune_mode: str | None = None
-                 ) -> tuple[UniversalSeqRec, dict]:
+                 cfg: SeqRecTrainParams, calibrate: bool = True, finetune_mode: str | None = None,
+                 ordered: bool = True) -> tuple[UniversalSeqRec, dict]:
     """The model a domain the pretraining never saw is served with: zero-shot (a copy of `model` given the domain's
     text and observed popularity, its score terms calibrated label-free when `calibrate`), or, with
     `finetune_mode`, that mode fine-tuned on all of the domain's training users when it is better on validation
     (``protocol.select_metric``). Returns (model, {"mode", "mix", "valid": {mode: metric}})."""
     zero = copy.deepcopy(model)
     zero.attach_domain(data.name, text, train_counts(data))
-    mix = calibrate_mix(zero, data, taus=(None,), seed=cfg.seed) if calibrate else {**zero.mix, "text_tau": None}
+    mix = calibrate_mix(zero, data, taus=(None,), seed=cfg.seed, ordered=ordered) if calibrate else {**zero.mix, "text_tau": None}
     options = {"zero_shot": zero}
     if finetune_mode:
         tuned, _ = finetune(model, data, text, finetune_mode, np.arange(data.n_users), protocol, cfg)
