@@ -12,8 +12,8 @@ popularity, with the score terms calibrated label-free on its training histories
 item text vectors are skipped (logged).
 
 Outputs: `out_dir`/model.pt (the pretrained model; meta: sources, fingerprint, fit record), `metrics` ({domain:
-{seqrec: {valid, test, cold, mode, mix, role}, seqrec_zero_shot: ... where a fine-tuned model is served}}) and
-`bundle` (every served domain, dot-product scorer: a promotion candidate).
+{seqrec: {valid, test, cold, mode, role, mix}}}: `mode` is what is served, source / zero_shot / the fine-tuning
+mode) and `bundle` (every served domain, dot-product scorer: a promotion candidate).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     sources, ft_targets = roles(params, cfg)
     sources = [d for d in sources if d in with_text]
     if not sources:
-        raise SystemExit(f"seqrec: no source domain with item text among {list(cfg.sources) or 'the pretrain-role domains'}")
+        raise SystemExit(f"seqrec: no source domain with item text among "
+                         f"{list(cfg.sources) or 'the pretrain-role domains'}")
     text = domain_text_vectors(emb, emb_meta, with_text)
     ordered = {d: prepared.meta["per_domain"][d].get("split_method", "chronological") in ORDERED_SPLITS
                for d in with_text}

@@ -315,7 +315,9 @@ def serve_target(model: UniversalSeqRec, data: DomainData, text: np.ndarray, pro
     (``protocol.select_metric``). Returns (model, {"mode", "mix", "valid": {mode: metric}})."""
     zero = copy.deepcopy(model)
     zero.attach_domain(data.name, text, train_counts(data))
-    mix = calibrate_mix(zero, data, taus=(None,), seed=cfg.seed, ordered=ordered) if calibrate else {**zero.mix, "text_tau": None}
+    mix = {**zero.mix, "text_tau": None}
+    if calibrate:
+        mix = calibrate_mix(zero, data, taus=(None,), seed=cfg.seed, ordered=ordered)
     options = {"zero_shot": zero}
     if finetune_mode:
         tuned, _ = finetune(model, data, text, finetune_mode, np.arange(data.n_users), protocol, cfg)
@@ -328,6 +330,6 @@ def serve_target(model: UniversalSeqRec, data: DomainData, text: np.ndarray, pro
     return options[mode], {"mode": mode, "mix": mix, "valid": valid}
 
 
-__all__ = ["source_fingerprint", "pretrained_model", "serve_target", "observed_holdout", "calibrate_mix", "SeqRecTrainParams", "attach", "joint_catalogue", "training_windows",
-           "BatchMaker", "validation",
+__all__ = ["source_fingerprint", "pretrained_model", "serve_target", "observed_holdout", "calibrate_mix",
+           "SeqRecTrainParams", "attach", "joint_catalogue", "training_windows", "BatchMaker", "validation",
            "pretrain", "fraction_users", "finetune", "train_counts"]
