@@ -6,17 +6,14 @@ a 5 ms budget and what a FAISS index (``IndexHNSWFlat`` and ``IndexIVFFlat``, in
 41k (Gowalla's catalogue), 200k and 1M items x 64 d, against the target of issue #15: 1M items, p99 under 20 ms at
 concurrency 8 with recall@20 >= 0.95 of exact.
 
-Rerun (the bench needs faiss-cpu, which the project venv does not carry; a separate venv keeps it apart)::
+Rerun (faiss-cpu is in the project's lock file since the service uses it, :mod:`m6rec.serving.ann`)::
 
-    python3 -m venv /work/ann-venv
-    nice -n 15 /work/ann-venv/bin/pip install torch==2.13.0 faiss-cpu numpy scipy psutil
-    cd /work/main && PYTHONPATH=src nice -n 15 /work/ann-venv/bin/python bench/bench_ann.py \
+    cd /work/main && PYTHONPATH=src nice -n 15 .venv/bin/python bench/bench_ann.py \
         [--sizes real 40981 200000 1000000] [--queries 1000] [--threads 2] \
         [--bundle /work/fresh5/models/pretrain/bundle --domain lastfm-hetrec2011] [--out bench/results/ann.json]
 
-(``torch==2.13.0`` is the CPU wheel that pip takes from this machine's disk; ``scipy`` and ``PYTHONPATH=src`` are
-only for loading a real bundle with :func:`m6rec.serving.bundle_io.load_bundle`.) The whole default run takes
-about 15-25 minutes on the 2-core machine, most of it the 1M HNSW build.
+(The committed ``bench/results/ann.json`` was measured in a separate venv with the same FAISS 1.15.1.) The index
+as the service builds and searches it, over HTTP at 1M items: ``bench/bench_serving.py --scenario catalogue-1m``.
 
 Catalogue generator (:func:`make_catalogue`), not iid Gaussian: ``C = 2 sqrt(n)`` clusters whose sizes follow a
 power law (Zipf weights ``rank^-1.1``: a few huge genres, a long tail of tiny ones); cluster centres grouped under

@@ -13,7 +13,11 @@ Scenarios (bundles built from data/validated or data/prepared, served from a tem
   family a default ``make run`` promotes), requests spread over all its users;
 * ``gowalla-attention``: the Gowalla catalogue scored by a history-attention model (the multitask stage's
   ``HistoryAttention``, K = 4 interests + the uniform one, each user's last 50 training items, seeded random weights:
-  what an attention model costs to serve at 41k items).
+  what an attention model costs to serve at 41k items);
+* ``catalogue-1m``: 1M items x 64 d and 20k users from ``bench/bench_ann.py``'s clustered generator (power-law
+  cluster sizes, users near 1-3 clusters, ~20 seen items each, half of them from the user's own exact top): past
+  ``serve.ann_min_items``, so the service recommends from its IVF index (:mod:`m6rec.serving.ann`). The in-process
+  figures add recall@k of the served answers against exact top-k with the same seen items excluded.
 
 Each request is a known user (drawn at random, fixed seed), k=10, seen items masked. Clients: ``wrk`` (C, one
 thread, Lua script cycling through the request bodies; used when installed) and an asyncio ``aiohttp`` generator
@@ -59,8 +63,35 @@ end
 """
 
 
+def build_catalogue(out: Path, dim: int, n_items: int = 1_000_000, n_users: int = 20_000) -> dict:
+    """Export a synthetic clustered catalogue (bench_ann.py's generator) as a one-domain dot-product bundle."""
+    import scipy.sparse as sp
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_ann import exact_ranking, make_catalogue, make_seen, make_users
+
+    from m6rec.serving.bundle import DomainBundle
+    from m6rec.serving.bundle_io import export_bundle
+
+    rng = np.random.default_rng(0)
+    items, centres, sizes = make_catalogue(n_items, dim, rng)
+    users = make_users(centres, sizes, n_users, rng)
+    seen = make_seen(exact_ranking(items, users, 300), n_items, rng)
+    rows = np.repeat(np.arange(n_users), [len(s) for s in seen])
+    seen_csr = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(seen))),
+                             shape=(n_users, n_items))
+    popularity = np.asarray(seen_csr.sum(axis=0), dtype=np.float32).ravel()
+    raw_item, raw_user = tuple(f"i{i}" for i in range(n_items)), tuple(f"u{u}" for u in range(n_users))
+    domain = DomainBundle(item_vectors=items, user_vectors=users, popularity=popularity, seen=seen_csr,
+                          titles=raw_item, raw_item=raw_item, raw_user=raw_user)
+    export_bundle(out, {"catalogue-1m": domain}, {"model": "bench-catalogue-1m", "data_version": "bench"})
+    return {"catalogue-1m": list(raw_user)}
+
+
 def build_bundle(scenario: str, data_dir: Path, out: Path, dim: int, svd: bool) -> dict:
     """Export the scenario's bundle to ``out``; returns {domain: raw user ids} for the request mix."""
+    if scenario == "catalogue-1m":
+        return build_catalogue(out, dim)
     from m6rec.data.dataset import domain_data, load_prepared
     from m6rec.serving.bundle_io import export_bundle
     from m6rec.serving.export import make_domain_bundle, raw_user_ids
@@ -177,6 +208,15 @@ def in_process_costs(bundle_dir: Path, bodies: list[str], n: int = 2000) -> dict
     # Largest catalogue: cost of scoring + top-k (the serving path, DomainScorer.top_k) for B users at once, per user.
     name, index = max(rec.domains.items(), key=lambda kv: kv[1].n_items)
     out = {"recommend_ms": single_ms, "largest_domain": name, "n_items": index.n_items}
+    if index.ann is not None:  # served from the approximate index: recall against exact, same seen items left out
+        k, hits, raw_users = 20, 0, list(index.user_index)
+        n_users = min(500, len(raw_users))
+        for u in range(n_users):
+            served = rec.recommend(name, raw_users[u], k)
+            _, exact = index.ann.exact(index.scorer.user_vectors[u].numpy(), k, index.seen(u).numpy())
+            hits += len({index.item_index[r["item"]] for r in served["items"]} & set(exact.tolist()))
+        out.update(index=index.ann.describe, index_build_s=index.ann.build_s, recall20_vs_exact=hits / (k * n_users))
+        return out  # the batched figures below are exact scoring, which this catalogue is not served with
     for b in (1, 16, 64):
         users = torch.arange(b)
         for _ in range(3):
@@ -192,7 +232,7 @@ def in_process_costs(bundle_dir: Path, bodies: list[str], n: int = 2000) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", nargs="+", default=["gowalla", "default"],
-                        choices=["gowalla", "default", "gowalla-attention", "bundle"])
+                        choices=["gowalla", "default", "gowalla-attention", "bundle", "catalogue-1m"])
     parser.add_argument("--bundle", default="", help="bundle folder served by scenario 'bundle'")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per (client, concurrency) run")

@@ -31,7 +31,7 @@ import torch
 
 from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
-from m6rec.data.splits import ORDERED_SPLITS
+from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.protocol import evaluate
 from m6rec.models.popularity import MostPopular
 from m6rec.models.seqrec import UniversalSeqRec
@@ -189,8 +189,7 @@ def main() -> None:
     emb, _, meta = load_embeddings(args.embeddings)
     text = domain_text_vectors(emb, meta, args.sources)
     datas = {d: domain_data(prepared, d) for d in args.sources}
-    args.ordered = {d: prepared.meta["per_domain"][d].get("split_method", "chronological") in ORDERED_SPLITS
-                    for d in args.sources}
+    args.ordered = ordered_domains(prepared.meta, args.sources)
     protocol = ProtocolParams()
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}

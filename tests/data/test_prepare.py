@@ -204,3 +204,18 @@ def test_leave_one_out_keeps_short_users_in_train():
     labels = per_user_split(users, ts, "leave_one_out", test_frac=0.2, valid_frac=0.1, min_user_interactions=3,
                             seed=0)
     assert list(labels) == ["valid", "train", "test", "train", "train", "train"]
+
+
+def test_ordered_domains_follow_each_domains_split_method(tiny_prepared):
+    """Sequence order means something after a chronological or a leave-one-out split, nothing after a random one:
+    models use it to decide between a learned recency prior and a flat one, and calibration between the last
+    training item and a random one."""
+    from m6rec.data.splits import ordered_domains
+
+    meta = tiny_prepared.meta
+    ordered = ordered_domains(meta, list(meta["per_domain"]))
+    assert ordered["ml-100k"] and ordered["amazon-scientific"]
+    assert meta["per_domain"]["lastfm-hetrec2011"]["split_method"] == "random" and not ordered["lastfm-hetrec2011"]
+    loo = {"per_domain": {"amazon-scientific": {**meta["per_domain"]["amazon-scientific"],
+                                                "split_method": "leave_one_out"}}}
+    assert ordered_domains(loo, ["amazon-scientific"]) == {"amazon-scientific": True}

@@ -128,3 +128,9 @@ def leakage_report(frame: pd.DataFrame) -> dict[str, int]:
     both = last_train.index.intersection(first_test.index)
     report["time_order_violations"] = int((last_train[both] > first_test[both]).sum())
     return report
+
+
+def ordered_domains(meta: dict, domains) -> dict[str, bool]:
+    """Whether each domain's per-user interaction order means something (a chronological or leave-one-out split,
+    :data:`ORDERED_SPLITS`) or not (a random split of an unordered log), from the prepared data's ``meta``."""
+    return {d: meta["per_domain"][d].get("split_method", "chronological") in ORDERED_SPLITS for d in domains}

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from m6rec.config import ConfigError, TrackingParams, load_params, section
+from m6rec.serving.ann import AnnSettings
 from m6rec.serving.bundle import Bundle, BundleError
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle
 
@@ -74,16 +75,31 @@ class ServeParams:
     # Largest request body (bytes); above it HTTP 413 before the body is read. 1 MiB holds max_history = 1000 ids
     # of the full 256 characters plus a 2,000-character text four times over (whitespace, escapes).
     max_body_bytes: int = 1_048_576
+    # A dot-product domain with at least ann_min_items items recommends from an approximate index (IVF, FAISS:
+    # m6rec.serving.ann) of ann_nlist cells (0 = 4 sqrt(n_items)), ann_nprobe of them scanned per query
+    # (env M6REC_ANN_MIN_ITEMS). Exact top-k passes 5 ms per query at about 200k items x 64 d.
+    ann_min_items: int = 200_000
+    ann_nlist: int = 0
+    ann_nprobe: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_history", "explain_n", "torch_threads", "max_batch", "max_body_bytes"):
+        for name in ("max_k", "max_history", "explain_n", "torch_threads", "max_batch", "max_body_bytes",
+                     "ann_min_items", "ann_nprobe"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"serve.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.ann_nlist, bool) or not isinstance(self.ann_nlist, int) or self.ann_nlist < 0:
+            raise ConfigError(f"serve.ann_nlist must be a non-negative integer (0 = 4 sqrt(n_items)), "
+                              f"got {self.ann_nlist!r}")
         if self.model_source not in MODEL_SOURCES:
             raise ConfigError(f"serve.model_source must be one of {MODEL_SOURCES}, got {self.model_source!r}")
         if self.preload_encoder is not None and not isinstance(self.preload_encoder, bool):
             raise ConfigError(f"serve.preload_encoder must be true, false or null, got {self.preload_encoder!r}")
+
+
+def ann_settings(cfg: ServeParams) -> AnnSettings:
+    """The approximate index settings of ``cfg`` (``serve.ann_*``)."""
+    return AnnSettings(min_items=cfg.ann_min_items, nlist=cfg.ann_nlist, nprobe=cfg.ann_nprobe)
 
 
 class StartupError(RuntimeError):
@@ -119,7 +135,8 @@ def serve_settings(env: dict[str, str] | None = None) -> tuple[ServeParams, Trac
         overrides["model_uri"] = env["M6REC_MODEL_URI"]
         if not env.get("M6REC_BUNDLE"):
             overrides["bundle_dir"] = ""
-    for var, key in (("M6REC_MAX_K", "max_k"), ("M6REC_MAX_BATCH", "max_batch")):
+    for var, key in (("M6REC_MAX_K", "max_k"), ("M6REC_MAX_BATCH", "max_batch"),
+                     ("M6REC_ANN_MIN_ITEMS", "ann_min_items")):
         if env.get(var):
             try:
                 overrides[key] = int(env[var])

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from m6rec.serving.ann import AnnIndex, AnnSettings
 from m6rec.serving.bundle import Bundle, DomainBundle, meta_metrics
 from m6rec.serving.encoder import LazyEncoder
 from m6rec.serving.scoring import DomainScorer
@@ -52,11 +53,19 @@ class Ranked:
 class DomainIndex:
     """One domain's bundle as torch tensors and id lookups, built once at start-up."""
 
-    def __init__(self, name: str, b: DomainBundle) -> None:
+    def __init__(self, name: str, b: DomainBundle, ann: AnnSettings | None = None, threads: int = 1) -> None:
         self.name = name
         self.bundle = b
         self.scorer = DomainScorer(b)
         self.items = self.scorer.items
+        # A large dot-product catalogue: recommend from an approximate index (m6rec.serving.ann); every other
+        # kind, and every smaller catalogue, is ranked exactly.
+        self.ann: AnnIndex | None = None
+        if ann is not None and b.kind == "dot" and b.n_items >= ann.min_items:
+            self.ann = AnnIndex(b.item_vectors, ann, threads)
+        elif ann is not None and b.n_items >= ann.min_items:
+            log.warning("domain %s: %d items, but a %s scorer has no ANN index; it is ranked exactly",
+                        name, b.n_items, b.kind)
         norms = self.items.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.items_unit = self.items / norms  # cosine similarity for similar_items / explain
         self.popularity = np.asarray(b.popularity, dtype=np.float32)
@@ -133,14 +142,17 @@ class Recommender:
     """All endpoints' logic over one loaded bundle. Read-only after construction (safe across threads)."""
 
     def __init__(self, bundle: Bundle, max_k: int = 100, max_history: int = 1000, explain_n: int = 5,
-                 version: str | None = None, source: str = "", encoder: LazyEncoder | None = None) -> None:
+                 version: str | None = None, source: str = "", encoder: LazyEncoder | None = None,
+                 ann: AnnSettings | None = AnnSettings(), threads: int = 1) -> None:
+        """``ann``: when a dot-product domain is large enough to be served from an approximate index (None =
+        always exact); ``threads``: the index's search threads."""
         self.meta = bundle.meta
         self.max_k = max_k
         self.max_history = max_history
         self.explain_n = explain_n
         self.version = version
         self.source = source
-        self.domains = {name: DomainIndex(name, d) for name, d in bundle.domains.items()}
+        self.domains = {name: DomainIndex(name, d, ann, threads) for name, d in bundle.domains.items()}
         explainer = self.meta.get("explainer", "similarity")
         if explainer not in EXPLAINERS:
             raise ValueError(f"bundle meta names explainer {explainer!r}; known: {sorted(EXPLAINERS)}")
@@ -205,15 +217,8 @@ class Recommender:
         for domain, rows in groups.items():
             index = self.domains[domain]
             users = [index.user_index[queries[i].user] for i in rows]
-            masked = [r for r, i in enumerate(rows) if queries[i].exclude_seen]
-            row_ids = col_ids = None
-            if masked:
-                cols = [index.seen(users[r]) for r in masked]
-                row_ids = torch.repeat_interleave(torch.tensor(masked), torch.tensor([len(c) for c in cols]))
-                col_ids = torch.cat(cols)
             k_max = min(max(queries[i].k for i in rows), index.n_items)
-            values, top = index.scorer.top_k(torch.as_tensor(users, dtype=torch.int64), k_max, row_ids, col_ids)
-            values, top = values.numpy(), top.numpy()
+            values, top = self._top_users(index, users, [queries[i].exclude_seen for i in rows], k_max)
             for r, i in enumerate(rows):
                 k = min(queries[i].k, index.n_items)
                 v, t = values[r, :k], top[r, :k]
@@ -221,6 +226,23 @@ class Recommender:
                 out[i] = {"domain": domain, "user": queries[i].user, "source": "model",
                           "items": self._listing(index, Ranked(items=t[keep], scores=v[keep]))}
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _top_users(index: DomainIndex, users: list[int], exclude_seen: list[bool], k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, items)`` ``[B, k]`` of known local ``users``, each one's seen items left out where asked."""
+        if index.ann is not None:
+            empty = torch.empty(0, dtype=torch.int64)
+            seen = [(index.seen(u) if ex else empty).numpy() for u, ex in zip(users, exclude_seen, strict=True)]
+            return index.ann.search(index.scorer.user_vectors[users].numpy(), k, seen)
+        masked = [r for r, ex in enumerate(exclude_seen) if ex]
+        row_ids = col_ids = None
+        if masked:
+            cols = [index.seen(users[r]) for r in masked]
+            row_ids = torch.repeat_interleave(torch.tensor(masked), torch.tensor([len(c) for c in cols]))
+            col_ids = torch.cat(cols)
+        values, top = index.scorer.top_k(torch.as_tensor(users, dtype=torch.int64), k, row_ids, col_ids)
+        return values.numpy(), top.numpy()
 
     def recommend_items(self, domain: str, items: Sequence[str] = (), text: str | None = None,
                         k: int = 10) -> dict[str, Any]:
@@ -247,9 +269,14 @@ class Recommender:
                 raise RequestError("items", "empty history: give at least one item id or a non-empty text")
             raise RequestError("text", "blank text and no item ids: nothing to recommend from", 422)
         extra = self._text_vector(index, text).unsqueeze(0) if text else None
-        scores = index.scorer.history_scores(known, extra)
-        exclude = torch.as_tensor(sorted(set(known)), dtype=torch.int64) if known else None
-        ranked = index.top_k(scores, k, exclude=exclude)
+        given = np.asarray(sorted(set(known)), dtype=np.int64)
+        if index.ann is not None:
+            values, top = index.ann.search(index.scorer.dot_query(known, extra).numpy()[None], k, [given])
+            keep = np.isfinite(values[0])
+            ranked = Ranked(items=top[0][keep], scores=values[0][keep])
+        else:
+            exclude = torch.from_numpy(given) if len(given) else None
+            ranked = index.top_k(index.scorer.history_scores(known, extra), k, exclude=exclude)
         return {"domain": domain, "source": "model", "items": self._listing(index, ranked), "unknown_items": unknown,
                 "used_text": bool(text)}
 
@@ -306,6 +333,7 @@ class Recommender:
             "max_k": self.max_k,
             "domains": {name: {"n_users": len(d.user_index), "n_items": d.n_items, "dim": int(d.items.shape[1]),
                                "text": d.projection is not None, "scorer": d.scorer.kind,
-                               "explainer": self._explain_method(d)}
+                               "explainer": self._explain_method(d),
+                               "index": d.ann.describe if d.ann is not None else "exact"}
                         for name, d in self.domains.items()},
         }

@@ -201,16 +201,21 @@ class DomainScorer:
                                 shape=(1, len(self.items)))
             return row_scores(self.row_scorer, row)[0]
         if self.attention is None:
-            parts = [self.items[torch.as_tensor(items, dtype=torch.int64)]] if items else []
-            if extra is not None and len(extra):
-                parts.append(extra)
-            return self.items @ torch.cat(parts).mean(dim=0)
+            return self.items @ self.dot_query(items, extra)
         hist = torch.as_tensor(items[-self.attention.max_len:], dtype=torch.int64).view(1, -1)
         if hist.shape[1] < self.attention.max_len:  # right-align
             pad = torch.full((1, self.attention.max_len - hist.shape[1]), -1, dtype=torch.int64)
             hist = torch.cat([pad, hist], dim=1)
         interests = self._pool(hist, extra)
         return self.attention.score(interests, self.items).scores[0]
+
+    def dot_query(self, items: list[int], extra: torch.Tensor | None = None) -> torch.Tensor:
+        """A dot scorer's query vector ``[d]`` for an ad-hoc history: the mean of the items' and the extra
+        vectors (its scores are ``item_vectors @ query``)."""
+        parts = [self.items[torch.as_tensor(items, dtype=torch.int64)]] if items else []
+        if extra is not None and len(extra):
+            parts.append(extra)
+        return torch.cat(parts).mean(dim=0)
 
     @torch.no_grad()
     def explain(self, user: int, item: int) -> PairExplanation:

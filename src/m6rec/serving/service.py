@@ -34,7 +34,8 @@ with bentoml.importing():
 
     from m6rec.serving import limits, timeout
     from m6rec.serving.batching import MicroBatcher
-    from m6rec.serving.loader import BENTO_MODEL_ENV, check_served_model, load_served_model, serve_settings
+    from m6rec.serving.loader import (BENTO_MODEL_ENV, ann_settings, check_served_model, load_served_model,
+                                      serve_settings)
     from m6rec.serving.openapi import ErrorResponse, openapi_document, serve_limit
     from m6rec.serving.recommender import Recommender, RecommendQuery, RequestError
 
@@ -230,7 +231,8 @@ class M6RecService:
         served = load_served_model(cfg, store, os.environ.get(BENTO_MODEL_ENV) or PACKED_MODEL)
         self.origin = served.origin
         self.rec = Recommender(served.bundle, max_k=cfg.max_k, max_history=cfg.max_history,
-                               explain_n=cfg.explain_n, version=served.version, source=served.source)
+                               explain_n=cfg.explain_n, version=served.version, source=served.source,
+                               ann=ann_settings(cfg), threads=cfg.torch_threads)
         # Concurrent recommend requests share one matrix product (see m6rec.serving.batching).
         self.batcher = MicroBatcher(self.rec.recommend_batch, cfg.max_batch) if cfg.max_batch > 1 else None
         # Loading the encoder takes ~20 s: paid here, before /readyz turns 200, not by the first text query.

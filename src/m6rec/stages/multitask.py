@@ -21,11 +21,12 @@ from pathlib import Path
 from m6rec import tracking
 from m6rec.config import MultitaskParams, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
+from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.explain import explanations_markdown
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics, write_text
-from m6rec.training.assembly import CHECKPOINT, load_pretrained, ordered_domains
+from m6rec.training.assembly import CHECKPOINT, load_pretrained
 from m6rec.training.checkpoint import save_checkpoint
 from m6rec.training.transfer import train_variants
 

@@ -29,7 +29,7 @@ from m6rec import tracking
 from m6rec.config import ProtocolParams, SeqRecParams, domain_entries, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.data.sequences import split_histories
-from m6rec.data.splits import ORDERED_SPLITS
+from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.protocol import evaluate_domain
 from m6rec.models.textsim import domain_text_vectors
 from m6rec.runtime import configure as configure_runtime
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"seqrec: no source domain with item text among "
                          f"{list(cfg.sources) or 'the pretrain-role domains'}")
     text = domain_text_vectors(emb, emb_meta, with_text)
-    ordered = {d: prepared.meta["per_domain"][d].get("split_method", "chronological") in ORDERED_SPLITS
-               for d in with_text}
+    ordered = ordered_domains(prepared.meta, with_text)
     datas = {d: domain_data(prepared, d) for d in with_text}
     train = SeqRecTrainParams(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
                               valid_users=cfg.valid_users, seed=cfg.seed)

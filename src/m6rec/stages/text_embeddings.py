@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from m6rec.config import TextEmbeddingsParams, section
+from m6rec.config import ConfigError, TextEmbeddingsParams, section
 from m6rec.data.dataset import load_prepared
 from m6rec.stage_io import stage_params, write_text
 from m6rec.text.cache import cache_name, load_cache, save_cache
@@ -28,7 +29,9 @@ RUN_STATS = ("n_cache_hits", "n_encoded", "encode_s", "texts_per_s")
 def main(argv: list[str] | None = None) -> int:
     params = stage_params(argv, __doc__)
     cfg = section(params, "text_embeddings", TextEmbeddingsParams)
-    torch.set_num_threads(cfg.num_threads)
+    if cfg.num_threads < 0:
+        raise ConfigError(f"text_embeddings.num_threads must be >= 0 (0 = every usable core), got {cfg.num_threads}")
+    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
     prepared = load_prepared(cfg.in_dir)
     cache_path = Path(cfg.cache_dir) / f"{cache_name(cfg.encoder, cfg.max_seq_length or None)}.npz"
     cache = load_cache(cache_path)

@@ -102,11 +102,6 @@ def architecture(cfg: MultitaskParams) -> dict:
     return {k: getattr(cfg, k) for k in ARCH_KEYS}
 
 
-def ordered_domains(meta: dict, domains) -> dict[str, bool]:
-    """Whether each domain's per-user interaction order means something (chronological split) or not."""
-    return {d: meta["per_domain"][d].get("split_method", "chronological") == "chronological" for d in domains}
-
-
 def build_model(items: PretrainedItems, datas: dict[str, DomainData], pooling: str, weights: dict[str, float],
                 arch: dict, seed: int, ordered: dict[str, bool] | None = None) -> MultiTaskRecommender:
     """A seeded model over `datas` whose item tables and text projection come from `items` (`arch`: see

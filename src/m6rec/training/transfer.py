@@ -46,7 +46,7 @@ def train_variants(items: PretrainedItems, datas: dict[str, DomainData], cfg: Mu
                    protocol: ProtocolParams, progress: bool = True, ordered: dict[str, bool] | None = None
                    ) -> tuple[MultiTaskRecommender, dict, dict[str, list[dict]]]:
     """Every variant; returns (the `save_variant` model, metrics {domain: {variant: ...}}, explanations).
-    `ordered`: :func:`m6rec.training.assembly.ordered_domains` (default: every domain ordered)."""
+    `ordered`: :func:`m6rec.data.splits.ordered_domains` (default: every domain ordered)."""
     if cfg.save_variant not in cfg.variants:
         raise ConfigError(f"params.yaml multitask.save_variant {cfg.save_variant!r} is not among the variants "
                           f"{list(cfg.variants)}")
