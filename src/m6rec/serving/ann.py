@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ class AnnIndex:
         return out_s, out_i
 
     def exact(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` of one query over the whole catalogue, ``exclude`` left out."""
-        scores = self.items @ query
-        scores[exclude] = -np.inf
-        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[np.isfinite(scores[top])]
-        return scores[top], top.astype(np.int64)
+        """Exact top-``k`` of one query over the whole catalogue, ``exclude`` left out: the same ``torch.topk``
+        (tie order included) as exact serving."""
+        scores = torch.from_numpy(self.items) @ torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
+        scores[torch.from_numpy(np.asarray(exclude, dtype=np.int64))] = float("-inf")
+        values, top = torch.topk(scores, min(k, len(scores)))
+        keep = torch.isfinite(values)
+        return values[keep].numpy(), top[keep].numpy()
