@@ -31,11 +31,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from m6rec.config import GraphParams, PretrainParams, ProtocolParams, load_params, section
+from m6rec.config import GraphParams, ProtocolParams, load_params, section
 from m6rec.data.dataset import DomainData, domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate_domains, evaluate_split
 from m6rec.graph.build import BipartiteGraph, build_graph
 from m6rec.log import setup_logging
+from m6rec.model_params import PretrainParams
 from m6rec.runtime import set_threads
 from m6rec.text.embeddings import load_embeddings
 from m6rec.training.pretrain import text_inputs, train

@@ -126,7 +126,7 @@ def attention_scorer(data, dim: int, n_interests: int = 4, max_len: int = 50):
 
     from m6rec.data.sequences import split_histories
     from m6rec.models.attention import HistoryAttention
-    from m6rec.serving.bundle import HistoryScorer
+    from m6rec.serving.bundle_scorers import HistoryScorer
 
     torch.manual_seed(0)
     att = HistoryAttention(dim, n_interests=n_interests, max_len=max_len, pooling="attention")

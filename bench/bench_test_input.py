@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from m6rec.config import TEST_INPUTS, BaselinesParams, ProtocolParams, load_section
+from m6rec.config import TEST_INPUTS, ProtocolParams, load_section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate
 from m6rec.log import setup_logging
+from m6rec.model_params import BaselinesParams
 from m6rec.training.baselines import MODELS, fit_baseline
 
 log = logging.getLogger("bench_test_input")

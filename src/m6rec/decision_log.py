@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from m6rec import tracking
+from m6rec import registry, tracking
 from m6rec.config import RegisterParams, TrackingParams
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def check_registry(cfg: RegisterParams, settings: TrackingParams) -> str:
     except tracking.StoreError as exc:
         raise RegistryError(f"{exc}, but {why}; refusing to start an empty registry (restore the store, or set "
                             f"register.init_registry: true to start a new one)") from exc
-    if not tracking.registered_model_exists(cfg.model_name, settings=settings):
+    if not registry.registered_model_exists(cfg.model_name, settings=settings):
         raise RegistryError(f"MLflow store {uri} has no registered model '{cfg.model_name}', but {why}; refusing "
                             f"to treat it as a first run (set register.init_registry: true to start a new one)")
     return uri

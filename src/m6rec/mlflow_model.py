@@ -22,10 +22,10 @@ rows of a request in rank order, requests in input order. A bad request raises a
 
 The model is logged *from code* (``mlflow_model_code.py`` beside this file, which calls
 ``mlflow.models.set_model``), so nothing is pickled, and with ``code_paths`` holding the ``m6rec`` package, so it
-loads in a fresh process without the project on ``sys.path``. :mod:`m6rec.tracking` logs it
+loads in a fresh process without the project on ``sys.path``. :mod:`m6rec.registry` logs it
 (``log_bundle_model``, with the signature and an input example) by file path, without importing this module: the
 stages' DVC outputs do not depend on the serving code, only the logged MLflow model does. This module and
-:mod:`m6rec.tracking` are the only ones that import mlflow.
+:mod:`m6rec.tracking` (with :mod:`m6rec.registry` on top of it) are the only ones that import mlflow.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-ARTIFACT = "bundle"  # key of the bundle folder in the model's artifacts (= m6rec.tracking.MODEL_BUNDLE_ARTIFACT)
+ARTIFACT = "bundle"  # key of the bundle folder in the model's artifacts (= m6rec.registry.MODEL_BUNDLE_ARTIFACT)
 MAX_K = 100  # largest k a row may ask for (the service's default serve.max_k)
 # The output columns; the signature m6rec.tracking logs declares the same (tests/unit/test_mlflow_model.py checks).
 OUTPUT_COLUMNS = ["domain", "user", "item", "title", "score", "rank"]

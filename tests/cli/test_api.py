@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import m6rec
-from m6rec import tracking
+from m6rec import registry, tracking
 from m6rec.config import TrackingParams
 from m6rec.data.dataset import domain_data
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle
@@ -67,9 +67,9 @@ def test_load_registry_champion(small_bundle: Path, tmp_path: Path, monkeypatch:
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the store comes from MLFLOW_TRACKING_URI
     settings = TrackingParams()
     with tracking.start_run("register", {}, data_paths=[], settings=settings):
-        info = tracking.register_model(tracking.log_model(small_bundle, "svd8"),
+        info = registry.register_model(registry.log_model(small_bundle, "svd8"),
                                        tags={HASH_TAG: content_hash(small_bundle)}, settings=settings)
-    tracking.set_alias(info.version, settings=settings)
+    registry.set_alias(info.version, settings=settings)
     model = m6rec.load("models:/m6rec@champion")
     assert model.version == str(info.version)
     user = load_bundle(small_bundle).domains[DOMAIN].raw_user[3]

@@ -42,8 +42,8 @@ def champion(project: Path) -> str | None:
     """Version behind models:/m6rec@champion in the project's MLflow store (None without one)."""
     assert CFG.promote_stage in STAGES, f"dvc.yaml has no '{CFG.promote_stage}' stage"
     res = run_in(project, str(VENV_BIN / "python"), "-c",
-                 "import json; from m6rec import tracking; from m6rec.config import TrackingParams, load_section; "
-                 "v = tracking.get_alias(settings=load_section('tracking', TrackingParams, 'params.yaml')); "
+                 "import json; from m6rec import registry; from m6rec.config import TrackingParams, load_section; "
+                 "v = registry.get_alias(settings=load_section('tracking', TrackingParams, 'params.yaml')); "
                  "print(json.dumps(v.version if v else None))")
     return json.loads(res.stdout.strip().splitlines()[-1])
 

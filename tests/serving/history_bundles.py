@@ -8,8 +8,9 @@ parts, as an independent reference for the model's own ``export``.
 
 from __future__ import annotations
 
-from m6rec.config import MultitaskParams, ProtocolParams, TrainParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData, Prepared, domain_data
+from m6rec.model_params import MultitaskParams, TrainParams
 from m6rec.models.base import HistoryExport
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.serving.bundle import DomainBundle

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from m6rec import tracking
+from m6rec import registry
 from m6rec.config import TrackingParams
 from m6rec.serving.bento_model import LABEL_HASH, LABEL_VERSION, MODEL_NAME
 from m6rec.serving.bundle_io import HASH_TAG
@@ -65,7 +65,7 @@ def test_the_bento_packs_the_champion_with_its_labels(built):
     version = reg["versions"][-1]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", reg["uri"])
-        digest = tracking.get_version("m6rec", version, settings=TrackingParams()).tags[HASH_TAG]
+        digest = registry.get_version("m6rec", version, settings=TrackingParams()).tags[HASH_TAG]
     assert info["labels"][LABEL_VERSION] == version and info["labels"][LABEL_HASH] == digest
     assert (model / "bundle" / "bundle.json").is_file()
     bento = yaml.safe_load((built["bento"] / "bento.yaml").read_text())
@@ -114,7 +114,7 @@ def test_build_is_skipped_while_the_champion_is_unchanged(built):
     assert bentos(built["home"]) == before_bentos and models(built["home"]) == before_models
     with pytest.MonkeyPatch.context() as mp:  # a new champion: one more model, one more bento
         mp.setenv("MLFLOW_TRACKING_URI", built["reg"]["uri"])
-        tracking.set_alias(built["reg"]["versions"][0], settings=TrackingParams())
+        registry.set_alias(built["reg"]["versions"][0], settings=TrackingParams())
     try:
         res = build(built["env"])
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -123,7 +123,7 @@ def test_build_is_skipped_while_the_champion_is_unchanged(built):
     finally:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", built["reg"]["uri"])
-            tracking.set_alias(built["reg"]["versions"][-1], settings=TrackingParams())
+            registry.set_alias(built["reg"]["versions"][-1], settings=TrackingParams())
 
 
 def test_the_source_tree_falls_back_to_the_model_store(built, tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from m6rec.data.dataset import domain_data
-from m6rec.serving.bundle import FORMAT_VERSION, BundleError, DomainBundle, TextProjection, meta_metrics
+from m6rec.serving.bundle import FORMAT_VERSION, DomainBundle, TextProjection, meta_metrics
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
+from m6rec.serving.bundle_scorers import BundleError
 from m6rec.serving.export import fit_text_projection
 from tests.serving.conftest import HISTORY_DOMAIN
 from tests.serving.history_bundles import attention_domain

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from m6rec.serving.bundle import BundleError
 from m6rec.serving.bundle_io import content_hash, export_bundle, load_bundle
+from m6rec.serving.bundle_scorers import BundleError
 from tests.serving.svd_bundles import svd_domain
 
 DOMAIN = "amazon-office"

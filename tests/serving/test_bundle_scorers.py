@@ -15,14 +15,23 @@ import torch
 
 from m6rec.data.dataset import domain_data
 from m6rec.evaluation.protocol import evaluate_split
-from m6rec.models.blend import (CandidateScores, blend_domain, blend_score_fn, cross_fitted_gains, fit_blend,
-                               simplex_grid, split_rows, user_folds)
+from m6rec.models.blend import (
+    CandidateScores,
+    blend_domain,
+    blend_score_fn,
+    cross_fitted_gains,
+    fit_blend,
+    simplex_grid,
+    split_rows,
+    user_folds,
+)
 from m6rec.models.ease import EASE
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN
 from m6rec.models.popularity import MostPopular
-from m6rec.serving.bundle import FORMAT_VERSION, BundleError
+from m6rec.serving.bundle import FORMAT_VERSION
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
+from m6rec.serving.bundle_scorers import BundleError
 from m6rec.serving.export import export_model, input_rows, raw_user_ids
 from m6rec.serving.scoring import DomainScorer, standardise
 

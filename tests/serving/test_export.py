@@ -10,8 +10,9 @@ import pytest
 
 from m6rec.data.dataset import domain_data
 from m6rec.models.base import DotExport, NotServableError, SingleDomain
-from m6rec.serving.bundle import BundleError, TextProjection, meta_metrics
+from m6rec.serving.bundle import TextProjection, meta_metrics
 from m6rec.serving.bundle_io import export_bundle, load_bundle, read_meta
+from m6rec.serving.bundle_scorers import BundleError
 from m6rec.serving.export import (
     bundle_meta,
     domain_bundle,

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from m6rec import registry as model_registry
 from m6rec import tracking
 from m6rec.config import TrackingParams
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, export_bundle, load_bundle
@@ -34,11 +35,11 @@ def registry(tmp_path_factory, serving_bundle_dir, tiny_prepared):
         mp.chdir(root)
         with tracking.start_run("register", {}, settings=SETTINGS):
             # Tagged with the content hash as the register stage does: the service refuses an untagged version.
-            v1 = tracking.register_model(tracking.log_model(serving_bundle_dir, "svd16"), settings=SETTINGS,
+            v1 = model_registry.register_model(model_registry.log_model(serving_bundle_dir, "svd16"), settings=SETTINGS,
                                          tags={HASH_TAG: content_hash(serving_bundle_dir)})
-            v2 = tracking.register_model(tracking.log_model(other, "random16"), settings=SETTINGS,
+            v2 = model_registry.register_model(model_registry.log_model(other, "random16"), settings=SETTINGS,
                                          tags={HASH_TAG: content_hash(other)})
-        tracking.set_alias(v1.version, settings=SETTINGS)
+        model_registry.set_alias(v1.version, settings=SETTINGS)
         yield {"root": root, "v1": v1.version, "v2": v2.version, "random_bundle": other}
 
 
@@ -267,7 +268,7 @@ def test_a_promotion_does_not_change_a_running_server(server, registry, local):
     before = post(server, "recommend", body).json()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root'] / 'mlflow.db'}")
-        tracking.set_alias(registry["v2"], settings=SETTINGS)
-        assert tracking.get_alias(settings=SETTINGS).version == registry["v2"]
+        model_registry.set_alias(registry["v2"], settings=SETTINGS)
+        assert model_registry.get_alias(settings=SETTINGS).version == registry["v2"]
     assert post(server, "metadata").json()["version"] == registry["v1"]
     assert post(server, "recommend", body).json() == before

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from m6rec import registry as model_registry
 from m6rec import tracking
 from m6rec.config import TrackingParams
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, export_bundle
@@ -38,10 +39,10 @@ def make_registry(root: Path, prepared, versions: int = 2, tag: bool = True) -> 
                 b = export_bundle(root / f"bundle{v + 1}", svd_bundle(prepared, DOMAINS, 4, random=True, seed=v),
                                   {"model": f"svd-v{v + 1}"})
                 tags = {HASH_TAG: content_hash(b)} if tag else {}
-                infos.append(tracking.register_model(tracking.log_model(b, f"svd-v{v + 1}"), tags=tags,
+                infos.append(model_registry.register_model(model_registry.log_model(b, f"svd-v{v + 1}"), tags=tags,
                                                      settings=SETTINGS))
                 bundles.append(b)
-        tracking.set_alias(infos[-1].version, settings=SETTINGS)
+        model_registry.set_alias(infos[-1].version, settings=SETTINGS)
     return {"root": root, "uri": uri, "bundles": bundles, "versions": [i.version for i in infos]}
 
 
@@ -68,7 +69,7 @@ def test_cache_is_keyed_by_version_and_reused(registry, tmp_path, monkeypatch):
     served = load(registry, tmp_path / "cache", monkeypatch)
     assert served.version == registry["versions"][-1] and served.bundle.meta["model"] == "svd-v2"
     entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    digest = tracking.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG][len("sha256:"):]
+    digest = model_registry.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG][len("sha256:"):]
     assert entries == [f"m6rec-v{served.version}-{digest[:16]}"]  # no leftover partial download beside it
     marker = next((tmp_path / "cache" / entries[0]).rglob("bundle.json"))  # under the pyfunc model's artifacts/
     inode = marker.stat().st_ino
@@ -92,7 +93,8 @@ def test_tampered_cache_is_downloaded_again(registry, tmp_path, monkeypatch):
     vec = next(entry.rglob("item_vectors.npy"))
     vec.write_bytes(vec.read_bytes()[:-8])
     again = load(registry, tmp_path / "cache", monkeypatch)
-    assert content_hash(next(entry.rglob("bundle.json")).parent) == tracking.get_version("m6rec", served.version, settings=SETTINGS).tags[HASH_TAG]
+    registered = model_registry.get_version("m6rec", served.version, settings=SETTINGS)
+    assert content_hash(next(entry.rglob("bundle.json")).parent) == registered.tags[HASH_TAG]
     assert again.bundle.domains[DOMAINS[0]].item_vectors.shape == served.bundle.domains[DOMAINS[0]].item_vectors.shape
 
 

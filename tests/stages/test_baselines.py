@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from m6rec.config import BaselinesParams, ProtocolParams
+from m6rec.config import ProtocolParams
 from m6rec.evaluation.metrics import rating_metrics
+from m6rec.model_params import BaselinesParams
 from m6rec.stages import baselines
 from m6rec.training.baselines import run_domain
 from tests.data_fixtures import REPO
@@ -80,11 +81,11 @@ def test_stage_main_writes_metrics_and_plot_per_domain(tiny_prepared_dir: Path, 
     assert "metrics.lastfm-hetrec2011.test.ndcg_20" in runs.columns  # readable final figures, a run per model
     stage_run = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
     # Every model's bundle is a pyfunc model of the stage run (so its registry version leads to that run).
-    from m6rec import tracking
+    from m6rec import registry
     from m6rec.config import TrackingParams
     from m6rec.serving.bundle_io import content_hash
 
     for name in kinds:
-        found = tracking.find_logged_model(content_hash(tmp_path / "bundles" / name), settings=TrackingParams())
+        found = registry.find_logged_model(content_hash(tmp_path / "bundles" / name), settings=TrackingParams())
         assert found is not None and found[1] == stage_run["run_id"], name
     assert {"baselines/bprmf", "baselines/itemknn"} <= set(runs["tags.mlflow.runName"])

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.config import FINETUNE_MODES, ConfigError, FinetuneParams, ProtocolParams, TrainParams
+from m6rec.config import ConfigError, ProtocolParams
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.data.sequences import split_histories
+from m6rec.model_params import FINETUNE_MODES, FinetuneParams, TrainParams
 from m6rec.models.multitask import MODE_GROUPS
 from m6rec.stages import finetune, multitask
 from m6rec.training import assembly

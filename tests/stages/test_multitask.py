@@ -16,11 +16,12 @@ import yaml
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from m6rec.config import ConfigError, MultitaskParams, ProtocolParams, TrainParams
+from m6rec.config import ConfigError, ProtocolParams
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.data.sequences import split_histories
 from m6rec.evaluation.history import evaluate_model
 from m6rec.graph.build import load_graph
+from m6rec.model_params import MultitaskParams, TrainParams
 from m6rec.stages import multitask
 from m6rec.training import assembly
 from m6rec.training.checkpoint import load_checkpoint

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from m6rec.config import PretrainParams
 from m6rec.graph.build import load_graph
+from m6rec.model_params import PretrainParams
 from m6rec.stages import graph as graph_stage
 from m6rec.stages import pretrain as pretrain_stage
 from m6rec.training import pretrain as pretraining

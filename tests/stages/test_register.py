@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m6rec import tracking
+from m6rec import registry, tracking
 from m6rec.config import ConfigError, RegisterParams, TrackingParams, parse_metric
 from m6rec.promotion import decide_domain, domain_figure, recorded_figures, resolve_candidates
 from m6rec.serving.bundle_io import content_hash, export_bundle, load_bundle, read_meta
@@ -71,11 +71,11 @@ def checks(root: Path, success: bool | None) -> Path:
 
 
 def champions(name: str = "m6rec") -> dict[str, str]:
-    return tracking.aliases(name, settings=SETTINGS)
+    return registry.aliases(name, settings=SETTINGS)
 
 
 def model_of(version: str, name: str = "m6rec") -> str:
-    return tracking.get_version(name, version, settings=SETTINGS).tags["model"]
+    return registry.get_version(name, version, settings=SETTINGS).tags["model"]
 
 
 def served_scores(domain: str, user: str, k: int = 10, name: str = "m6rec") -> tuple[list[str], list[float]]:
@@ -159,7 +159,7 @@ def test_per_domain_champions_sequence(project):
     assert first["domains"][A]["champion_before"] is None and "no champion yet" in first["domains"][A]["reason"]
     al = champions()
     assert model_of(al[f"champion-{A}"]) == "p" and model_of(al[f"champion-{B}"]) == "q"
-    served = tracking.get_version("m6rec", al["champion"], settings=SETTINGS)
+    served = registry.get_version("m6rec", al["champion"], settings=SETTINGS)
     assert served.tags["composed"] == "true"
     assert served.tags[f"lineage.{A}.version"] == al[f"champion-{A}"]
     assert served.tags[f"lineage.{B}.version"] == al[f"champion-{B}"]
@@ -208,7 +208,7 @@ def test_per_domain_champions_sequence(project):
     assert register.run(cfg(u, margin=0.01), ok, settings=SETTINGS)["promoted_domains"] == [A]
     al3 = champions()
     assert model_of(al3[f"champion-{A}"]) == "u" and al3[f"champion-{B}"] == al2[f"champion-{B}"]
-    served = tracking.get_version("m6rec", al3["champion"], settings=SETTINGS)
+    served = registry.get_version("m6rec", al3["champion"], settings=SETTINGS)
     assert served.tags[f"lineage.{A}.model"] == "u" and served.tags[f"lineage.{B}.model"] == "s"
 
 
@@ -232,19 +232,19 @@ def test_report_is_deterministic_and_names_no_run_or_machine(project):
 
 
 def test_version_is_registered_from_its_training_run(project):
-    """A bundle that a training run logged (tracking.log_bundle_model) is registered from that run's model."""
+    """A bundle that a training run logged (registry.log_bundle_model) is registered from that run's model."""
     make, root = project["make"], project["root"]
     bundle = make("trained", {A: 0.02})
     with tracking.start_run("baselines", {"baselines": {"dim": 4}}, settings=SETTINGS) as training_run:
         tracking.log_epoch({f"{A}.trained.loss": 0.5}, step=0)
-        tracking.log_bundle_model(bundle, project["prepared"])
+        registry.log_bundle_model(bundle, project["prepared"])
     report = register.run(cfg(bundle, domains=[A], model_name="m6rec-lineage"), checks(root, True),
                           settings=SETTINGS)
-    version = tracking.get_version("m6rec-lineage", report["candidates"][0]["version"], settings=SETTINGS)
+    version = registry.get_version("m6rec-lineage", report["candidates"][0]["version"], settings=SETTINGS)
     assert version.run_id == training_run and version.tags[register.TAG_LOGGED_BY] == "training run"
     assert version.tags[register.TAG_HASH] == content_hash(bundle)
     assert report["candidates"][0]["logged_by"] == "training run"
-    served = tracking.get_alias("m6rec-lineage", settings=SETTINGS)
+    served = registry.get_alias("m6rec-lineage", settings=SETTINGS)
     assert served.tags[f"lineage.{A}.run_id"] == training_run
 
 
@@ -259,7 +259,7 @@ def test_changed_data_reevaluates_candidates_and_champions(project):
     measured = {d: domain_figure(load_bundle(old), prepared, METRIC, d) for d in DOMAINS}
     assert first["candidates"][0]["figures"] == pytest.approx(measured, abs=1e-6)
     assert first["domains"][A]["candidates"][0]["source"] == "re-evaluated"
-    champ = tracking.get_version("m6rec-eval", champions("m6rec-eval")[f"champion-{A}"], settings=SETTINGS)
+    champ = registry.get_version("m6rec-eval", champions("m6rec-eval")[f"champion-{A}"], settings=SETTINGS)
 
     # A different candidate on data the champion's tags do not describe: its bundle is downloaded and measured.
     changed_copy(root, "validated-v3", times=2)
@@ -304,10 +304,10 @@ def test_legacy_single_champion_counts_per_domain(project):
     make, root = project["make"], project["root"]
     legacy = make("legacy", {A: 0.3, B: 0.3})
     with tracking.start_run("register", {}, settings=SETTINGS):
-        uri = tracking.log_model(legacy, "legacy")
-    v = tracking.register_model(uri, "m6rec-legacy", tags={"model": "legacy", register.TAG_HASH: content_hash(legacy)},
+        uri = registry.log_model(legacy, "legacy")
+    v = registry.register_model(uri, "m6rec-legacy", tags={"model": "legacy", register.TAG_HASH: content_hash(legacy)},
                                 settings=SETTINGS)
-    tracking.set_alias(v.version, "m6rec-legacy", settings=SETTINGS)
+    registry.set_alias(v.version, "m6rec-legacy", settings=SETTINGS)
     # Its tags predate per-domain figures: it is measured on each domain, and "newer" ties it on B.
     measured = {d: domain_figure(load_bundle(legacy), project["prepared"], METRIC, d) for d in DOMAINS}
     report = register.run(cfg(make("newer", {A: measured[A] + 0.1, B: measured[B]}), model_name="m6rec-legacy"),
@@ -354,9 +354,9 @@ def test_registered_versions_carry_the_bundle_hash_and_are_reused(project):
     second = register.run(cfg(bundle, domains=[A]), checks(root, True), settings=SETTINGS)
     assert log_file.read_text().startswith(before)  # appended, not rewritten
     assert first["candidates"][0]["version"] == second["candidates"][0]["version"]  # same bundle, same version
-    version = tracking.get_version("m6rec", second["candidates"][0]["version"], settings=SETTINGS)
+    version = registry.get_version("m6rec", second["candidates"][0]["version"], settings=SETTINGS)
     assert version.tags[register.TAG_HASH] == content_hash(bundle)
-    served = tracking.get_alias("m6rec", settings=SETTINGS)
+    served = registry.get_alias("m6rec", settings=SETTINGS)
     assert served.tags[register.TAG_HASH].startswith("sha256:")  # the composed one too: the service checks it
     lines = [json.loads(x) for x in log_file.read_text().splitlines()]
     assert lines[-1]["decision"] == second["decision"] and lines[-1]["store"] == tracking.tracking_uri(SETTINGS)
@@ -420,7 +420,7 @@ def test_composed_bundle_copies_domain_bundles(project):
 
     make, root = project["make"], project["root"]
     x, y = make("cx", {A: 0.1, B: 0.1}), make("cy", {A: 0.1, B: 0.1})
-    info = tracking.ModelVersionInfo(name="m", version="1", source="", run_id=None, tags={"model": "cx"})
+    info = registry.ModelVersionInfo(name="m", version="1", source="", run_id=None, tags={"model": "cx"})
     out = compose({A: (info, Path(x)), B: (info, Path(y))}, root / "composed-test", "v")
     got = load_bundle(out)
     for d, src in ((A, x), (B, y)):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from m6rec.config import MultitaskParams, ProtocolParams, TrainParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import domain_data
 from m6rec.data.sequences import split_histories
+from m6rec.model_params import MultitaskParams, TrainParams
 from m6rec.models.attention import HistoryAttention
 from m6rec.training.assembly import architecture, build_model
 from m6rec.training.history import train_model

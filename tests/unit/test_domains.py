@@ -6,19 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from m6rec.config import (
-    BaselinesParams,
-    ConfigError,
-    FinetuneParams,
-    GraphParams,
-    MultitaskParams,
-    PrepareParams,
-    check_domain,
-    load_params,
-    section,
-    stage_domains,
-)
+from m6rec.config import ConfigError, GraphParams, PrepareParams, check_domain, load_params, section, stage_domains
 from m6rec.data.prepare import PrepareError, prepare_datasets
+from m6rec.model_params import BaselinesParams, FinetuneParams, MultitaskParams
 from tests.data_fixtures import REPO
 
 STAGES = {"prepare": PrepareParams, "baselines": BaselinesParams, "graph": GraphParams,

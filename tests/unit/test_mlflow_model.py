@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from m6rec import mlflow_model, tracking
+from m6rec import mlflow_model, registry, tracking
 from m6rec.config import TrackingParams
 from m6rec.serving.bundle_io import content_hash, export_bundle, load_bundle
 from m6rec.serving.recommender import Recommender
@@ -41,10 +41,10 @@ def logged(tmp_path_factory: pytest.TempPathFactory, tiny_prepared):
         with tracking.start_run("baselines", {"baselines": {"dim": 8}}, settings=SETTINGS) as run_id:
             for epoch in range(3):
                 tracking.log_epoch({"ml-100k.svd8.loss": 1.0 / (epoch + 1)}, step=epoch)
-            uri = tracking.log_bundle_model(bundle, tiny_prepared)
-        version = tracking.register_model(uri, "m6rec", tags={tracking.TAG_HASH: content_hash(bundle)},
+            uri = registry.log_bundle_model(bundle, tiny_prepared)
+        version = registry.register_model(uri, "m6rec", tags={registry.TAG_HASH: content_hash(bundle)},
                                           settings=SETTINGS)
-        tracking.set_alias(version.version, "m6rec", settings=SETTINGS)
+        registry.set_alias(version.version, "m6rec", settings=SETTINGS)
         yield {"root": root, "bundle": bundle, "run_id": run_id, "uri": uri, "version": version}
 
 
@@ -60,7 +60,7 @@ def test_version_leads_to_the_training_run(logged):
     assert logged["version"].run_id == logged["run_id"]
     run = mlflow.MlflowClient().get_run(logged["run_id"])
     assert run.data.params["baselines.dim"] == "8"
-    assert run.data.tags[tracking.TAG_HASH] == content_hash(logged["bundle"])
+    assert run.data.tags[registry.TAG_HASH] == content_hash(logged["bundle"])
     # Few readable final figures (tracking.metrics x splits x domains), not a flattened dump.
     assert run.data.metrics["ml-100k.valid.ndcg_20"] == 0.25
     assert run.data.metrics["amazon-office.test.ndcg_20"] == 0.125
@@ -81,7 +81,7 @@ def test_signature_and_input_example(logged):
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["domain", "user", "k", "items"]
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["domain", "user", "item", "title", "score",
                                                                     "rank"] == mlflow_model.OUTPUT_COLUMNS
-    assert mlflow_model.ARTIFACT == tracking.MODEL_BUNDLE_ARTIFACT
+    assert mlflow_model.ARTIFACT == registry.MODEL_BUNDLE_ARTIFACT
     local = mlflow.artifacts.download_artifacts("models:/m6rec@champion")
     example = mlflow.models.Model.load(local).load_input_example(local)
     assert list(example.columns) == ["domain", "user", "k"] and example["domain"][0] in DOMAINS

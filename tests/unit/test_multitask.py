@@ -10,10 +10,11 @@ import torch
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from m6rec.config import MultitaskParams, ProtocolParams, TrainParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData, domain_data
 from m6rec.evaluation.history import evaluate_model
 from m6rec.evaluation.metrics import rating_metrics
+from m6rec.model_params import MultitaskParams, TrainParams
 from m6rec.models.multitask import GROUPS, MODE_GROUPS, Batch, MultiTaskRecommender
 from m6rec.models.pretrained import PretrainedItems
 from m6rec.training.assembly import architecture, build_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from m6rec import provenance, tracking
+from m6rec import provenance, registry, tracking
 from m6rec.config import TrackingParams, load_params, section
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 from tests.serving.svd_bundles import svd_bundle
@@ -201,28 +201,28 @@ def test_logging_outside_a_run_is_an_error(store):
 def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tmp_path):
     bundle_dir = export_bundle(tmp_path / "bundle", svd_bundle(tiny_prepared, ["ml-100k"], dim=8),
                                {"model": "svd8", "data_version": "v"})
-    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # no such model yet
+    assert registry.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # no such model yet
     with tracking.start_run("register", {}, settings=SETTINGS):
-        uri = tracking.log_model(bundle_dir, "svd8")
+        uri = registry.log_model(bundle_dir, "svd8")
         assert uri.startswith("models:/m-")
-        v1 = tracking.register_model(uri, "m6rec-roundtrip", tags={"register.metric_value": "0.5"},
+        v1 = registry.register_model(uri, "m6rec-roundtrip", tags={"register.metric_value": "0.5"},
                                      settings=SETTINGS)
-        v2 = tracking.register_model(tracking.log_model(bundle_dir, "svd8"), "m6rec-roundtrip", settings=SETTINGS)
+        v2 = registry.register_model(registry.log_model(bundle_dir, "svd8"), "m6rec-roundtrip", settings=SETTINGS)
     assert (v1.version, v2.version) == ("1", "2")
     assert v1.tags["register.metric_value"] == "0.5"
-    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # registered, not promoted
-    tracking.set_alias(v1.version, "m6rec-roundtrip", settings=SETTINGS)
-    champ = tracking.get_alias("m6rec-roundtrip", settings=SETTINGS)
+    assert registry.get_alias("m6rec-roundtrip", settings=SETTINGS) is None  # registered, not promoted
+    registry.set_alias(v1.version, "m6rec-roundtrip", settings=SETTINGS)
+    champ = registry.get_alias("m6rec-roundtrip", settings=SETTINGS)
     assert champ.version == "1" and "champion" in champ.aliases
-    tracking.set_alias(v2.version, "m6rec-roundtrip", settings=SETTINGS)  # the alias moves
-    assert tracking.get_alias("m6rec-roundtrip", settings=SETTINGS).version == "2"
-    assert tracking.resolve_model_uri("models:/m6rec-roundtrip@champion", settings=SETTINGS).version == "2"
+    registry.set_alias(v2.version, "m6rec-roundtrip", settings=SETTINGS)  # the alias moves
+    assert registry.get_alias("m6rec-roundtrip", settings=SETTINGS).version == "2"
+    assert registry.resolve_model_uri("models:/m6rec-roundtrip@champion", settings=SETTINGS).version == "2"
     with pytest.raises(LookupError, match="no alias 'nope'"):
-        tracking.resolve_model_uri("models:/m6rec-roundtrip@nope", settings=SETTINGS)
+        registry.resolve_model_uri("models:/m6rec-roundtrip@nope", settings=SETTINGS)
 
-    local = tracking.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl", settings=SETTINGS)
+    local = registry.download_model("models:/m6rec-roundtrip@champion", tmp_path / "dl", settings=SETTINGS)
     assert (local / "MLmodel").is_file()
-    back, orig = load_bundle(tracking.bundle_root(local)), load_bundle(bundle_dir)
+    back, orig = load_bundle(registry.bundle_root(local)), load_bundle(bundle_dir)
     assert back.meta == orig.meta
     a, b = back.domains["ml-100k"], orig.domains["ml-100k"]
     np.testing.assert_array_equal(a.item_vectors, b.item_vectors)
@@ -234,7 +234,7 @@ def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tm
 def test_log_model_needs_a_folder(store, tmp_path):
     with tracking.start_run("register", {}, settings=SETTINGS):
         with pytest.raises(FileNotFoundError, match="no-bundle"):
-            tracking.log_model(tmp_path / "no-bundle", "x")
+            registry.log_model(tmp_path / "no-bundle", "x")
 
 
 def test_artifacts_stay_beside_the_sqlite_file(store):

@@ -10,12 +10,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from m6rec.config import ProtocolParams, TrainParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData
 from m6rec.data.negatives import KnownPairs, reject_known
 from m6rec.data.sequences import history_window, user_sequences, window_mean
 from m6rec.evaluation.metrics import rating_metrics
 from m6rec.evaluation.protocol import evaluate, input_histories, input_splits
+from m6rec.model_params import TrainParams
 from m6rec.models.multitask import Catalogue, MultiTaskRecommender
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ came from, on the split's input (:class:`CandidateScores`, like :class:`m6rec.pr
 
 At test time every kind thus sees train + valid, which is what the served bundle stores, so the blend's test figure
 is the served blend's. The fitted blend is a serving bundle domain of kind ``blend``
-(:class:`m6rec.serving.bundle.BlendScorer`) holding the components with a non-zero weight.
+(:class:`m6rec.serving.bundle_scorers.BlendScorer`) holding the components with a non-zero weight.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import torch
 from m6rec.data.dataset import DomainData
 from m6rec.data.sequences import split_histories
 from m6rec.evaluation.protocol import ScoreFn, evaluate_split
-from m6rec.serving.bundle import BlendScorer, BundleError, DomainBundle
+from m6rec.serving.bundle import DomainBundle
+from m6rec.serving.bundle_scorers import BlendScorer, BundleError
 from m6rec.serving.scoring import ROW_KINDS, DomainScorer, standardise
 
 log = logging.getLogger(__name__)

@@ -25,20 +25,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.serving.bundle import (
-    DOMAIN_NAME,
-    FORMAT,
-    FORMAT_VERSION,
-    META_FILE,
-    Bundle,
+from m6rec.serving.bundle import DOMAIN_NAME, FORMAT, FORMAT_VERSION, META_FILE, Bundle, DomainBundle, TextProjection
+from m6rec.serving.bundle_scorers import (
     BlendScorer,
     BundleError,
-    DomainBundle,
     GraphFilterScorer,
     HistoryScorer,
     ItemItemScorer,
     PopularityScorer,
-    TextProjection,
 )
 
 

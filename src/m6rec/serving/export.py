@@ -46,18 +46,9 @@ from m6rec.models.base import (
     PopularityExport,
     Recommender,
 )
-from m6rec.serving.bundle import (
-    METRIC_SPLITS,
-    BundleError,
-    DomainBundle,
-    GraphFilterScorer,
-    HistoryScorer,
-    ItemItemScorer,
-    PopularityScorer,
-    TextProjection,
-    meta_metrics,
-)
+from m6rec.serving.bundle import METRIC_SPLITS, DomainBundle, TextProjection, meta_metrics
 from m6rec.serving.bundle_io import export_bundle, load_bundle
+from m6rec.serving.bundle_scorers import BundleError, GraphFilterScorer, HistoryScorer, ItemItemScorer, PopularityScorer
 
 log = logging.getLogger(__name__)
 

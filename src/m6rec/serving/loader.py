@@ -47,8 +47,9 @@ from typing import Any
 
 from m6rec.config import ConfigError, TrackingParams, load_params, section
 from m6rec.serving.ann import AnnSettings
-from m6rec.serving.bundle import Bundle, BundleError
+from m6rec.serving.bundle import Bundle
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, load_bundle
+from m6rec.serving.bundle_scorers import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,12 @@ def _bundle_root(folder: Path) -> Path:
     return inner[0]
 
 
-def _download(tracking, uri: str, entry: Path, settings: TrackingParams) -> Path:
+def _download(registry, uri: str, entry: Path, settings: TrackingParams) -> Path:
     """Download ``uri`` into cache folder ``entry`` atomically (a partial download never becomes the entry)."""
     entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
-        rel = tracking.download_model(uri, tmp, settings=settings).resolve().relative_to(tmp.resolve())
+        rel = registry.download_model(uri, tmp, settings=settings).resolve().relative_to(tmp.resolve())
         if entry.exists():  # stale: moved aside first, so the swap below is one rename
             stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}-stale-", dir=entry.parent))
             os.replace(entry, stale / "old")
@@ -188,7 +189,7 @@ def _download(tracking, uri: str, entry: Path, settings: TrackingParams) -> Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _verified_copy(tracking, info, cfg: ServeParams, settings: TrackingParams) -> Path:
+def _verified_copy(registry, info, cfg: ServeParams, settings: TrackingParams) -> Path:
     """The cached bundle of registry version ``info``, downloaded if absent or stale, checked against its tag."""
     expected = info.tags.get(HASH_TAG)
     if not expected:
@@ -205,7 +206,7 @@ def _verified_copy(tracking, info, cfg: ServeParams, settings: TrackingParams) -
         except (StartupError, BundleError, OSError) as exc:
             log.warning("%s: cached copy %s unusable (%s)", info.uri, entry, exc)
         log.warning("%s: cached copy %s does not match its registered hash: downloading again", info.uri, entry)
-    local = _bundle_root(_download(tracking, info.uri, entry, settings))
+    local = _bundle_root(_download(registry, info.uri, entry, settings))
     got = content_hash(local)
     if got != expected:
         raise StartupError(f"{info.uri}: the downloaded bundle hashes to {got} but version {info.version} was "
@@ -224,19 +225,19 @@ def _from_store(tag: str) -> ServedModel:
 
 
 def _from_registry(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
-    from m6rec import tracking  # imports mlflow lazily; only needed on this path
+    from m6rec import registry, tracking  # imports mlflow lazily; only needed on this path
 
     tracking.check_store(settings, must_exist=True)  # before mlflow, which would create an empty sqlite store
-    info = tracking.resolve_model_uri(cfg.model_uri, settings=settings)
+    info = registry.resolve_model_uri(cfg.model_uri, settings=settings)
     if info is None:  # not a registry version (runs:/, models:/m-...): nothing recorded to verify against
         log.warning("%s is not a registered version: served without a content-hash check", cfg.model_uri)
         tmp = Path(tempfile.mkdtemp(prefix="m6rec-model-"))
         try:
-            bundle = load_bundle(_bundle_root(tracking.download_model(cfg.model_uri, tmp, settings=settings)))
+            bundle = load_bundle(_bundle_root(registry.download_model(cfg.model_uri, tmp, settings=settings)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return ServedModel(bundle=bundle, source=cfg.model_uri, version=None, origin="registry")
-    local = _verified_copy(tracking, info, cfg, settings)
+    local = _verified_copy(registry, info, cfg, settings)
     log.info("serving %s (%s, %s) from the MLflow registry at %s", cfg.model_uri, info.uri, info.tags[HASH_TAG],
              tracking.tracking_uri(settings))
     return ServedModel(bundle=load_bundle(local), source=info.uri, version=info.version, aliases=info.aliases,
@@ -246,14 +247,14 @@ def _from_registry(cfg: ServeParams, settings: TrackingParams) -> ServedModel:
 def fetch_registry_version(cfg: ServeParams, settings: TrackingParams) -> tuple[Any, Path]:
     """``(version info, verified local bundle folder)`` of the registered version ``cfg.model_uri`` names (an alias
     resolved now); raises when the store cannot be used, the URI is not a registered version, or the hash fails."""
-    from m6rec import tracking
+    from m6rec import registry, tracking
 
     tracking.check_store(settings, must_exist=True)
-    info = tracking.resolve_model_uri(cfg.model_uri, settings=settings)
+    info = registry.resolve_model_uri(cfg.model_uri, settings=settings)
     if info is None:
         raise StartupError(f"{cfg.model_uri} is not a registered model version (models:/<name>@<alias> or "
                            f"models:/<name>/<version>): nothing to verify it against")
-    return info, _verified_copy(tracking, info, cfg, settings)
+    return info, _verified_copy(registry, info, cfg, settings)
 
 
 def load_served_model(cfg: ServeParams, settings: TrackingParams, bento_model: str | None = None) -> ServedModel:

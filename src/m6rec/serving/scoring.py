@@ -31,7 +31,8 @@ import scipy.sparse as sp
 import torch
 
 from m6rec.models.attention import HistoryAttention, Interests
-from m6rec.serving.bundle import BlendScorer, DomainBundle, GraphFilterScorer, ItemItemScorer, PopularityScorer
+from m6rec.serving.bundle import DomainBundle
+from m6rec.serving.bundle_scorers import BlendScorer, GraphFilterScorer, ItemItemScorer, PopularityScorer
 
 _CHUNK_USERS = 4096  # users pooled per batch at construction
 ROW_KINDS = ("itemitem", "graphfilter", "popularity")  # scored from an interaction row

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from m6rec import tracking
-from m6rec.config import BaselinesParams, ProtocolParams, section
+from m6rec import registry, tracking
+from m6rec.config import ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
+from m6rec.model_params import BaselinesParams
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             path = export_model(Path(cfg.bundles) / name, per_domain, {d: datas[d] for d in per_domain}, prepared,
                                 meta)
             tracking.log_artifact(path / "bundle.json", artifact_path=f"bundles/{name}")
-            tracking.log_bundle_model(path, prepared, name=name)
+            registry.log_bundle_model(path, prepared, name=name)
             if name == SERVED:
                 if Path(cfg.bundle).exists():
                     shutil.rmtree(cfg.bundle)

@@ -16,10 +16,11 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from m6rec import tracking
-from m6rec.config import BlendParams, ProtocolParams, section
+from m6rec import registry, tracking
+from m6rec.config import ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.evaluation.protocol import evaluate_split
+from m6rec.model_params import BlendParams
 from m6rec.models.blend import CandidateScores, blend_domain, blend_score_fn, fit_blend
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle import META_FILE
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                            blend={d: metrics[d]["blend"]["weights"] for d in served})
         export_bundle(cfg.bundle, served, meta)
         tracking.log_artifact(Path(cfg.bundle) / META_FILE)
-        tracking.log_bundle_model(cfg.bundle, prepared)
+        registry.log_bundle_model(cfg.bundle, prepared)
     log.info("blend done: %s", cfg.metrics)
     return 0
 

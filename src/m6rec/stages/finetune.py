@@ -36,9 +36,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from m6rec import tracking
-from m6rec.config import ConfigError, FinetuneParams, ProtocolParams, section
+from m6rec import registry, tracking
+from m6rec.config import ConfigError, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
+from m6rec.model_params import FinetuneParams
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 domains, meta = merge_bundles(cfg.source_bundle, domains, meta)
             bundle = export_bundle(cfg.bundle, domains, meta)
             tracking.log_artifact(bundle / "bundle.json")
-            tracking.log_bundle_model(bundle, prepared)
+            registry.log_bundle_model(bundle, prepared)
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
     log.info("finetune done in %.1fs -> %s", time.perf_counter() - t0, cfg.metrics)

@@ -18,11 +18,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from m6rec import tracking
-from m6rec.config import MultitaskParams, ProtocolParams, section
+from m6rec import registry, tracking
+from m6rec.config import ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.explain import explanations_markdown
+from m6rec.model_params import MultitaskParams
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics, write_text
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_artifact(cfg.metrics)
         tracking.log_artifact(cfg.explanations)
         tracking.log_artifact(bundle / "bundle.json")
-        tracking.log_bundle_model(bundle, prepared)
+        registry.log_bundle_model(bundle, prepared)
     log.info("multitask done in %.1fs -> %s, %s, %s", time.perf_counter() - t0, out, cfg.metrics, cfg.explanations)
     return 0
 

@@ -28,10 +28,11 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from m6rec.config import PretrainParams, ProtocolParams, load_params, section
+from m6rec.config import ProtocolParams, load_params, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.graph.build import load_graph
 from m6rec.log import setup_logging
+from m6rec.model_params import PretrainParams
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import split_timings, tracking_settings, write_json, write_metrics
@@ -79,7 +80,7 @@ def _main(params_path: str, env: DistEnv) -> int:
     if env.rank != 0:
         train(prepared, graph, text, cfg, protocol, progress=False, env=env)
         return 0
-    from m6rec import tracking
+    from m6rec import registry, tracking
 
     resolved = {"pretrain": asdict(cfg), "protocol": asdict(protocol)}
     with tracking.start_run("pretrain", resolved, settings=tracking_settings(params),
@@ -96,7 +97,7 @@ def _main(params_path: str, env: DistEnv) -> int:
                            encoder_max_seq_length=emb_meta.get("max_seq_length") if emb_meta else None)
         export_model(cfg.bundle, model, datas, prepared, meta)
         tracking.log_artifact(Path(cfg.bundle) / "bundle.json")
-        tracking.log_bundle_model(cfg.bundle, prepared)
+        registry.log_bundle_model(cfg.bundle, prepared)
     # the fit record without its seconds (they are in the metrics' timings file and MLflow): the checkpoint is then
     # the same bytes on a rerun, so a fresh `make run` leaves dvc.lock as committed
     out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,

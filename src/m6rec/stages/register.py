@@ -4,7 +4,7 @@ serves each domain's own champion.
 Candidates (``register.candidates``): bundle folders or globs (``models/baselines/bundles/*``), resolved by
 :func:`m6rec.promotion.resolve_candidates`; a missing one is an error unless marked ``optional``. Each becomes a
 registered version: the model its training run logged (``runs:/<training run id>/model``, found by the bundle's
-``bundle.sha256``, :func:`m6rec.tracking.log_bundle_model`), so a version leads to that run's params and curves;
+``bundle.sha256``, :func:`m6rec.registry.log_bundle_model`), so a version leads to that run's params and curves;
 a bundle no run logged is logged by this stage's run instead (and says so). A bundle already registered (same
 hash) reuses its version.
 
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m6rec import decision_log, tracking
+from m6rec import decision_log, registry, tracking
 from m6rec.config import ConfigError, ProtocolParams, RegisterParams, TrackingParams, section
 from m6rec.data.dataset import Prepared, load_prepared
 from m6rec.promotion import (
@@ -54,8 +54,9 @@ from m6rec.promotion import (
     relative,
     resolve_candidates,
 )
-from m6rec.serving.bundle import Bundle, BundleError, DomainBundle, meta_metrics
+from m6rec.serving.bundle import Bundle, DomainBundle, meta_metrics
 from m6rec.serving.bundle_io import HASH_TAG, content_hash, export_bundle, load_bundle, read_meta
+from m6rec.serving.bundle_scorers import BundleError
 from m6rec.stage_io import stage_params, tracking_settings, write_text
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Candidate:
     digest: str
     figures: dict[str, float] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # domain -> "bundle-meta" | "re-evaluated"
-    version: tracking.ModelVersionInfo | None = None
+    version: registry.ModelVersionInfo | None = None
 
 
 class _Data:
@@ -91,10 +92,10 @@ class _Data:
 
 
 def domain_alias(domain: str) -> str:
-    return tracking.DOMAIN_CHAMPION.format(domain=domain)
+    return registry.DOMAIN_CHAMPION.format(domain=domain)
 
 
-def _figures_tag(version: tracking.ModelVersionInfo, metric: str, data_ver: str) -> dict[str, float]:
+def _figures_tag(version: registry.ModelVersionInfo, metric: str, data_ver: str) -> dict[str, float]:
     tags = version.tags
     if tags.get(TAG_METRIC) != metric or tags.get(TAG_DATA) != data_ver:
         return {}
@@ -105,25 +106,25 @@ def _figures_tag(version: tracking.ModelVersionInfo, metric: str, data_ver: str)
 
 
 def _register(cand: Candidate, cfg: RegisterParams, settings: TrackingParams, known: dict[str, Any]
-              ) -> tracking.ModelVersionInfo:
+              ) -> registry.ModelVersionInfo:
     """The version of ``cand``'s bundle: reused by hash, else registered from its training run (or this run)."""
     if cand.digest in known:
         return known[cand.digest]
-    found = tracking.find_logged_model(cand.digest, settings=settings)
+    found = registry.find_logged_model(cand.digest, settings=settings)
     if found is not None:
         uri, logged_by = found[0], "training run"
     else:
-        log.warning("%s: no training run logged this bundle (tracking.log_bundle_model): logging it from the "
+        log.warning("%s: no training run logged this bundle (registry.log_bundle_model): logging it from the "
                     "register run, so its version has no link to the run that trained it", cand.bundle)
-        uri, logged_by = tracking.log_model(cand.bundle, "model", tags={"bundle": cand.bundle}), "register run"
-    version = tracking.register_model(uri, cfg.model_name, tags={
+        uri, logged_by = registry.log_model(cand.bundle, "model", tags={"bundle": cand.bundle}), "register run"
+    version = registry.register_model(uri, cfg.model_name, tags={
         "model": cand.model, "bundle": cand.bundle, TAG_HASH: cand.digest, TAG_LOGGED_BY: logged_by},
         settings=settings)
     known[cand.digest] = version
     return version
 
 
-def _local_bundle(version: tracking.ModelVersionInfo, candidates: list[Candidate], tmp: Path,
+def _local_bundle(version: registry.ModelVersionInfo, candidates: list[Candidate], tmp: Path,
                   settings: TrackingParams) -> Path:
     """A local copy of ``version``'s bundle: a candidate folder with the same hash, else downloaded."""
     for c in candidates:
@@ -131,11 +132,11 @@ def _local_bundle(version: tracking.ModelVersionInfo, candidates: list[Candidate
             return Path(c.bundle)
     dst = tmp / f"v{version.version}"
     if not dst.exists():
-        tracking.download_model(version.uri, dst, settings=settings)
-    return tracking.bundle_root(dst)
+        registry.download_model(version.uri, dst, settings=settings)
+    return registry.bundle_root(dst)
 
 
-def _champion_figure(version: tracking.ModelVersionInfo, domain: str, cfg: RegisterParams, data_ver: str,
+def _champion_figure(version: registry.ModelVersionInfo, domain: str, cfg: RegisterParams, data_ver: str,
                      candidates: list[Candidate], data: _Data, tmp: Path, protocol: ProtocolParams,
                      settings: TrackingParams) -> tuple[float | None, str]:
     for c in candidates:  # the champion is a candidate's bundle: the same figure, measured once
@@ -151,12 +152,12 @@ def _champion_figure(version: tracking.ModelVersionInfo, domain: str, cfg: Regis
     return domain_figure(load_bundle(local, [domain]), data.get(), cfg.metric, domain, protocol), "re-evaluated"
 
 
-def _serves(version: tracking.ModelVersionInfo, candidates: list[Candidate], tmp: Path,
+def _serves(version: registry.ModelVersionInfo, candidates: list[Candidate], tmp: Path,
             settings: TrackingParams) -> list[str]:
     return list(read_meta(_local_bundle(version, candidates, tmp, settings)).get("domains", {}))
 
 
-def compose(sources: Mapping[str, tuple[tracking.ModelVersionInfo, Path]], out: Path, data_ver: str) -> Path:
+def compose(sources: Mapping[str, tuple[registry.ModelVersionInfo, Path]], out: Path, data_ver: str) -> Path:
     """Write the served bundle at ``out``: per domain, that domain's bundle from the champion's bundle folder
     (loaded and written by :mod:`m6rec.serving.bundle_io`, arrays untouched), with the champion's recorded metrics
     filed under :data:`COMPOSED_MODEL` and the lineage in ``meta["sources"]``."""
@@ -191,7 +192,7 @@ def compose(sources: Mapping[str, tuple[tracking.ModelVersionInfo, Path]], out: 
     return export_bundle(out, domains, meta)
 
 
-def _lineage_tags(sources: Mapping[str, tracking.ModelVersionInfo]) -> dict[str, str]:
+def _lineage_tags(sources: Mapping[str, registry.ModelVersionInfo]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for d, v in sorted(sources.items()):
         tags[f"lineage.{d}.version"] = v.version
@@ -200,14 +201,14 @@ def _lineage_tags(sources: Mapping[str, tracking.ModelVersionInfo]) -> dict[str,
     return tags
 
 
-def _lineage(version: tracking.ModelVersionInfo | None) -> dict[str, str]:
+def _lineage(version: registry.ModelVersionInfo | None) -> dict[str, str]:
     if version is None or version.tags.get(TAG_COMPOSED) != "true":
         return {}
     return {k[len("lineage."):-len(".version")]: v for k, v in version.tags.items()
             if k.startswith("lineage.") and k.endswith(".version")}
 
 
-def _brief(version: tracking.ModelVersionInfo | None, value: float | None = None, source: str | None = None
+def _brief(version: registry.ModelVersionInfo | None, value: float | None = None, source: str | None = None
            ) -> dict[str, Any] | None:
     if version is None:
         return None
@@ -258,16 +259,16 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
     with tracking.start_run("register", {"register": asdict(cfg)}, data_paths=[cfg.data_dir], settings=settings) \
             as run_id, tempfile.TemporaryDirectory(prefix="m6rec-register-") as tmp_dir:
         tmp = Path(tmp_dir)
-        known = {v.tags[TAG_HASH]: v for v in tracking.versions(cfg.model_name, settings=settings)
+        known = {v.tags[TAG_HASH]: v for v in registry.versions(cfg.model_name, settings=settings)
                  if v.tags.get(TAG_HASH) and v.tags.get(TAG_COMPOSED) != "true"}
         for c in candidates:
             c.version = _register(c, cfg, settings, known)
-            tracking.set_version_tags(cfg.model_name, c.version.version, {
+            registry.set_version_tags(cfg.model_name, c.version.version, {
                 TAG_METRIC: cfg.metric, TAG_DATA: data_ver, TAG_FIGURES: json.dumps(c.figures, sort_keys=True)},
                 settings=settings)
-        aliases = tracking.aliases(cfg.model_name, settings=settings)
-        served_before = (tracking.get_version(cfg.model_name, aliases[tracking.CHAMPION], settings=settings)
-                         if tracking.CHAMPION in aliases else None)
+        aliases = registry.aliases(cfg.model_name, settings=settings)
+        served_before = (registry.get_version(cfg.model_name, aliases[registry.CHAMPION], settings=settings)
+                         if registry.CHAMPION in aliases else None)
         legacy = served_before if served_before is not None and not _lineage(served_before) else None
         legacy_domains = _serves(legacy, candidates, tmp, settings) if legacy is not None else []
         if legacy is not None:
@@ -275,12 +276,12 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
                      "of %s until one is promoted there", legacy.version, legacy_domains)
 
         per_domain: dict[str, Any] = {}
-        after: dict[str, tracking.ModelVersionInfo] = {}
+        after: dict[str, registry.ModelVersionInfo] = {}
         promoted: list[str] = []
         for d in domains:
             champ = None
             if domain_alias(d) in aliases:
-                champ = tracking.get_version(cfg.model_name, aliases[domain_alias(d)], settings=settings)
+                champ = registry.get_version(cfg.model_name, aliases[domain_alias(d)], settings=settings)
             elif legacy is not None and d in legacy_domains:
                 champ = legacy
             champ_value, champ_source = None, None
@@ -310,24 +311,24 @@ def run(cfg: RegisterParams, summary_path: Path, *, settings: TrackingParams,
         served_after, composed = served_before, False
         if data_ok:
             for d in promoted:
-                tracking.set_alias(after[d].version, cfg.model_name, domain_alias(d), settings=settings)
+                registry.set_alias(after[d].version, cfg.model_name, domain_alias(d), settings=settings)
             for d, v in after.items():  # a legacy champion kept on a domain becomes that domain's champion
                 if domain_alias(d) not in aliases:
-                    tracking.set_alias(v.version, cfg.model_name, domain_alias(d), settings=settings)
+                    registry.set_alias(v.version, cfg.model_name, domain_alias(d), settings=settings)
             # Every domain champion is served, not only the domains gated this time.
-            current = tracking.aliases(cfg.model_name, settings=settings)
+            current = registry.aliases(cfg.model_name, settings=settings)
             champions = {a[len("champion-"):]: v for a, v in current.items() if a.startswith("champion-")}
             lineage = _lineage(served_before)
             if champions and lineage != champions:
-                sources = {d: tracking.get_version(cfg.model_name, v, settings=settings)
+                sources = {d: registry.get_version(cfg.model_name, v, settings=settings)
                            for d, v in champions.items()}
                 bundle = compose({d: (v, _local_bundle(v, candidates, tmp, settings)) for d, v in sources.items()},
                                  tmp / "composed" / "bundle", data_ver)
-                uri = tracking.log_model(bundle, "champion", tags={"composed": "true"})
-                served_after = tracking.register_model(uri, cfg.model_name, tags={
+                uri = registry.log_model(bundle, "champion", tags={"composed": "true"})
+                served_after = registry.register_model(uri, cfg.model_name, tags={
                     "model": COMPOSED_MODEL, TAG_COMPOSED: "true", TAG_HASH: content_hash(bundle),
                     TAG_LOGGED_BY: "register run", **_lineage_tags(sources)}, settings=settings)
-                tracking.set_alias(served_after.version, cfg.model_name, tracking.CHAMPION, settings=settings)
+                registry.set_alias(served_after.version, cfg.model_name, registry.CHAMPION, settings=settings)
                 composed = True
 
         report = {

@@ -23,14 +23,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from m6rec import tracking
-from m6rec.config import ProtocolParams, SeqRecParams, domain_entries, section
+from m6rec import registry, tracking
+from m6rec.config import ProtocolParams, domain_entries, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.data.sequences import split_histories
 from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.protocol import evaluate_domain
+from m6rec.model_params import SeqRecParams
 from m6rec.models.textsim import domain_text_vectors
 from m6rec.runtime import configure as configure_runtime
 from m6rec.serving.bundle_io import export_bundle
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_metrics(metrics)
         tracking.log_artifact(cfg.metrics)
         tracking.log_artifact(bundle / "bundle.json")
-        tracking.log_bundle_model(bundle, prepared)
+        registry.log_bundle_model(bundle, prepared)
     log.info("seqrec done in %.1fs (%s pretraining) -> %s, %s", time.perf_counter() - t0,
              "reused" if reused else "new", cfg.metrics, cfg.bundle)
     return 0

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m6rec.config import FINETUNE_MODES, MultitaskParams
 from m6rec.data.dataset import DomainData
+from m6rec.model_params import FINETUNE_MODES, MultitaskParams
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.models.pretrained import PretrainedItems, check_domains
 from m6rec.training.checkpoint import load_checkpoint

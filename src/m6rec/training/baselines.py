@@ -10,9 +10,10 @@ import time
 
 import torch
 
-from m6rec.config import BaselinesParams, ProtocolParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData
 from m6rec.evaluation.protocol import evaluate, evaluate_domain, evaluate_ratings
+from m6rec.model_params import BaselinesParams
 from m6rec.models.ease import EASE
 from m6rec.models.gfcf import GFCF
 from m6rec.models.itemknn import ItemKNN

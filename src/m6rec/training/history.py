@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m6rec.config import ProtocolParams, TrainParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import DomainData
 from m6rec.data.negatives import KnownPairs, reject_known
 from m6rec.data.sequences import Sequences, history_window, user_sequences, window_mean
 from m6rec.evaluation.protocol import evaluate
+from m6rec.model_params import TrainParams
 from m6rec.models.multitask import Batch, MultiTaskRecommender
 from m6rec.training.loop import fit
 

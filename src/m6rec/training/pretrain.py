@@ -11,11 +11,12 @@ import logging
 import numpy as np
 import torch
 
-from m6rec.config import PretrainParams, ProtocolParams
+from m6rec.config import ProtocolParams
 from m6rec.data.dataset import Prepared, domain_data
 from m6rec.evaluation.protocol import evaluate_domains
 from m6rec.graph.build import BipartiteGraph
 from m6rec.graph.sampling import DomainNegativeSampler
+from m6rec.model_params import PretrainParams
 from m6rec.models.lightgcn import TextLightGCN
 from m6rec.training.distributed import DistEnv, broadcast_float, ddp_loss
 from m6rec.training.loop import fit

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import time
 
-from m6rec.config import ConfigError, FinetuneParams, MultitaskParams, ProtocolParams
+from m6rec.config import ConfigError, ProtocolParams
 from m6rec.data.dataset import DomainData
 from m6rec.evaluation.explain import explain_users
 from m6rec.evaluation.history import evaluate_model
+from m6rec.model_params import FinetuneParams, MultitaskParams
 from m6rec.models.multitask import MultiTaskRecommender
 from m6rec.models.pretrained import PretrainedItems
 from m6rec.training.assembly import VARIANTS, architecture, build_model, target_model, task_weights, user_subset
