@@ -231,6 +231,46 @@ def test_bundle_model_register_alias_download_roundtrip(store, tiny_prepared, tm
     assert a.raw_user == b.raw_user and a.titles == b.titles
 
 
+def test_frame_schema_is_mlflows_inference(tiny_prepared):
+    """The fast schema equals MLflow's own inference on real splits and on columns of every kind, nulls included."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    frame = tiny_prepared.interactions
+    for _, part in frame.groupby(["domain", "split"]):
+        part = part.reset_index(drop=True)
+        assert registry.frame_schema(part) == infer_signature(part).inputs
+    mixed = pd.DataFrame({"obj": pd.Series(["x", None, "y"], dtype=object), "text": pd.array(["p", None, "q"]),
+                          "full": pd.Series(["u", "v", "w"], dtype=object), "f": [1.0, float("nan"), 2.0],
+                          "i": np.arange(3), "i32": np.arange(3, dtype=np.int32), "b": [True, False, True],
+                          "t": pd.to_datetime(["2020-01-01"] * 3)})
+    for name in mixed.columns:
+        assert registry.frame_schema(mixed[[name]]) == infer_signature(mixed[[name]]).inputs, name
+    got = registry.frame_schema(mixed)
+    assert got == infer_signature(mixed).inputs
+    assert [c.required for c in got.inputs] == [False, False, True, False, True, True, True, True]
+
+
+def test_a_run_logs_each_split_once(store, tiny_prepared):
+    """Datasets logged twice by one run (baselines logs one bundle per model) leave each split as one dataset input of the run, with
+    MLflow's schema; a new run logs them again."""
+    import json
+
+    from mlflow.models import infer_signature
+
+    for _ in range(2):
+        with tracking.start_run("baselines", {}, settings=SETTINGS) as run_id:
+            registry.log_datasets(tiny_prepared, ["ml-100k"])
+            registry.log_datasets(tiny_prepared, ["ml-100k"])
+        inputs = client().get_run(run_id).inputs.dataset_inputs
+        names = sorted(i.dataset.name for i in inputs)
+        rows = tiny_prepared.interactions[tiny_prepared.interactions["domain"] == "ml-100k"]
+        assert names == sorted(f"ml-100k/{s}" for s in rows["split"].unique())
+        train = rows[rows["split"] == "train"].reset_index(drop=True)
+        logged = next(i.dataset for i in inputs if i.dataset.name == "ml-100k/train")
+        assert json.loads(logged.schema)["mlflow_colspec"] == infer_signature(train).inputs.to_dict()
+
+
 def test_log_model_needs_a_folder(store, tmp_path):
     with tracking.start_run("register", {}, settings=SETTINGS):
         with pytest.raises(FileNotFoundError, match="no-bundle"):

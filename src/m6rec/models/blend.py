@@ -120,6 +120,7 @@ class BlendFit:
     weights: list[float]
     valid: float  # the chosen blend's validation metric (the best single's when the mixture was not accepted)
     candidate_valid: dict[str, float] = field(default_factory=dict)  # each candidate alone
+    candidate_results: dict[str, dict[str, float]] = field(default_factory=dict)  # their whole validation figures
     grid: list[tuple[list[float], float]] = field(default_factory=list)  # (weights, valid) of every point
     chosen: list[str] = field(default_factory=list)  # the candidates the grid spans, best on validation first
     mixture: list[float] = field(default_factory=list)  # the best grid point (weights over `chosen`)
@@ -171,17 +172,38 @@ def fit_blend(candidates: Mapping[str, CandidateScores], data: DomainData, metri
     """
     if not candidates:
         raise ValueError(f"{data.name}: no blend candidates")
-    cand_valid = {name: float(evaluate_split(c.score_fn("valid"), data, "valid", ks, batch_users).get(metric, 0.0))
-                  for name, c in candidates.items()}
-    chosen = sorted(cand_valid, key=lambda n: -cand_valid[n])[:max_components]
     users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    # Each candidate is scored on validation once: its standardised scores are kept while it is among the best
+    # max_components so far (a candidate that falls out cannot come back), and the grid reads them.
+    results: dict[str, dict[str, float]] = {}
+    cand_valid: dict[str, float] = {}
+    kept: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {}
+    for name, c in candidates.items():
+        fn, seen = c.score_fn("valid"), []
+
+        def recording(u: np.ndarray, fn=fn, seen=seen) -> torch.Tensor:
+            out = fn(u)
+            seen.append((np.asarray(u, dtype=np.int64).copy(), standardise(out)))  # before evaluation masks `out`
+            return out
+
+        results[name] = evaluate_split(recording, data, "valid", ks, batch_users)
+        cand_valid[name] = float(results[name].get(metric, 0.0))
+        kept[name] = seen
+        top = sorted(cand_valid, key=lambda n: -cand_valid[n])[:max_components]
+        kept = {n: kept[n] for n in top}
+    chosen = sorted(cand_valid, key=lambda n: -cand_valid[n])[:max_components]
     pos = np.full(data.n_users, -1, dtype=np.int64)
     pos[users] = np.arange(len(users))
     cached = []
     for name in chosen:
-        fn = candidates[name].score_fn("valid")
+        batches = kept[name]
+        if batches and np.array_equal(np.concatenate([u for u, _ in batches]), users):
+            cached.append(torch.cat([z for _, z in batches]))
+            continue
+        fn = candidates[name].score_fn("valid")  # the evaluation saw other users (none has validation items)
         cached.append(torch.cat([standardise(fn(users[s:s + batch_users])) for s in range(0, len(users), batch_users)]
                                 or [torch.zeros(0, data.n_items)]))
+    kept = {}
     parts = user_folds(users, folds, seed) if folds >= 2 and len(users) >= folds else [users]
     points = simplex_grid(len(chosen), step)
     table = np.zeros((len(points), len(parts)))
@@ -219,6 +241,7 @@ def fit_blend(candidates: Mapping[str, CandidateScores], data: DomainData, metri
              overall[single], float(gains.mean()) if len(gains) else 0.0, z,
              "mixture kept" if accepted else ("single alone" if multi else "best point is a single"))
     return BlendFit(names=names, weights=weights, valid=float(overall[pick]), candidate_valid=cand_valid,
+                    candidate_results=results,
                     grid=grid, chosen=list(chosen), mixture=[float(x) for x in points[best]],
                     mixture_valid=float(overall[best]), fold_gains=[float(g) for g in gains], z=z, accepted=accepted)
 

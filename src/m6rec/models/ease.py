@@ -69,16 +69,21 @@ class EASE(SingleDomain):
             self.gram(train)
         g = self._gram.copy()
         g[np.diag_indices_from(g)] += self.lam
-        c, info = lapack.spotrf(g, lower=1, overwrite_a=1, clean=1)
+        # G is symmetric, so its transpose is the same matrix in the Fortran order LAPACK wants: no copy
+        c, info = lapack.spotrf(g.T, lower=1, overwrite_a=1, clean=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: Cholesky of G + {self.lam} I failed (info {info})")
         p, info = lapack.spotri(c, lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: inverse of G + {self.lam} I failed (info {info})")
-        p = np.tril(p) + np.tril(p, -1).T  # spotri fills the lower triangle only
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        self.B = np.ascontiguousarray(b, dtype=np.float32)
+        # spotri fills the lower triangle; `clean` left the upper one 0, so P = L + Lᵀ with the diagonal put back,
+        # in place (bitwise the same as tril(P) + tril(P, -1)ᵀ, 3x faster: bench/bench_ease.py)
+        diag = np.diag(p).copy()
+        p += p.T
+        p[np.diag_indices_from(p)] = diag
+        p /= -diag[None, :]
+        p[np.diag_indices_from(p)] = 0.0
+        self.B = np.ascontiguousarray(p, dtype=np.float32)
         self.train = train.astype(np.float32).tocsr()
         return self
 

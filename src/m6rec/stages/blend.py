@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise KeyError(f"blend domain {d!r}: no candidate bundle has it")
             fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch, cfg.folds, cfg.min_z,
                             cfg.seed)
-            metrics[d] = {n: {s: evaluate_split(c.score_fn(s), data, s, ks, batch) for s in ("valid", "test")}
+            metrics[d] = {n: {"valid": fit.candidate_results[n], "test": evaluate_split(c.score_fn("test"), data,
+                                                                                        "test", ks, batch)}
                           for n, c in cands.items()}
             metrics[d]["blend"] = {s: evaluate_split(blend_score_fn(cands, fit, s), data, s, ks, batch)
                                    for s in ("valid", "test")}
