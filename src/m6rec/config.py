@@ -230,6 +230,11 @@ class RuntimeParams:
 
     deterministic: bool = False  # one torch thread, deterministic algorithms, global seeds: reruns match exactly
     seed: int = 42  # python/numpy/torch global seed in deterministic mode (stages also seed their own generators)
+    workers: int = 0  # processes for per-domain work (0: one per usable core); the figures do not depend on it
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"runtime.workers must be >= 0 (0: one per usable core), got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import pickle
 import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 THREADS_ENV = "M6REC_THREADS"
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,112 @@ def configure(params: dict[str, Any]) -> int:
     torch.manual_seed(cfg.seed)
     log.info("runtime: deterministic mode (1 thread, deterministic algorithms, global seed %d)", cfg.seed)
     return 1
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def task_seed(params: dict[str, Any]) -> int | None:
+    """The global seed each :func:`map_tasks` job starts from: `runtime.seed` in deterministic mode, else None."""
+    from m6rec.config import RuntimeParams, build
+
+    cfg = build(RuntimeParams, params.get("runtime"), "section 'runtime'")
+    return cfg.seed if cfg.deterministic else None
+
+
+def worker_count(params: dict[str, Any], tasks: int) -> int:
+    """Processes for `tasks` independent per-domain jobs: `runtime.workers` (0: one per usable core), at most one
+    per task."""
+    from m6rec.config import RuntimeParams, build
+
+    cfg = build(RuntimeParams, params.get("runtime"), "section 'runtime'")
+    return max(1, min(cfg.workers or usable_cores(), tasks))
+
+
+_TASK: Callable[[Any], Any] | None = None  # map_tasks' function, inherited by its forked workers
+
+
+def _reseed(seed: int | None) -> None:
+    if seed is None:
+        return
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+_BLAS_LIMIT: Any = None  # a worker's BLAS thread limit (kept referenced for the worker's lifetime)
+
+
+def _init_worker(threads: int, blas_threads: int) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    global _BLAS_LIMIT
+    torch.set_num_threads(threads)
+    # numpy/scipy's OpenBLAS starts one thread per core in every process: with several workers they would
+    # oversubscribe the cores (measured: the seqrec stage's per-domain work was no faster in 2 workers until each
+    # had one BLAS thread)
+    _BLAS_LIMIT = threadpool_limits(limits=blas_threads, user_api="blas")
+
+
+def _run_task(item: Any, seed: int | None) -> bytes:
+    assert _TASK is not None, "map_tasks' function is set before its workers fork"
+    _reseed(seed)
+    # pickled here with the plain pickler: the pool's own pickler would move tensors through shared memory
+    return pickle.dumps(_TASK(item), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def map_tasks(fn: Callable[[T], R], items: Sequence[T], workers: int, seed: int | None = None,
+              what: str = "task") -> list[R]:
+    """``[fn(item) for item in items]``, in `workers` forked processes when more than one.
+
+    Each call starts from the global seeds `seed` (when given), in the parent or in a worker alike, so a job's
+    result does not depend on which jobs ran before it in the same process, and the results are the same for any
+    `workers`. Workers are forked: `fn` and whatever it closes over (loaded data) are inherited, not pickled; the
+    items and the results are pickled. Each worker gets the parent's torch threads and an equal share of the cores
+    for BLAS. `fn` must not write to the MLflow run (the parent owns it): return what should be logged. Put the
+    longest jobs first; results come back in the order of `items`.
+    """
+    global _TASK
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        out = []
+        for item in items:
+            _reseed(seed)
+            out.append(fn(item))
+        return out
+    if _TASK is not None:
+        raise RuntimeError("map_tasks does not nest")
+    import torch
+
+    _TASK = fn
+    log.info("%d %ss in %d worker processes", len(items), what, workers)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
+                                 initargs=(torch.get_num_threads(), max(1, usable_cores() // workers))) as pool:
+            futures = [pool.submit(_run_task, item, seed) for item in items]
+            out = []
+            try:
+                for item, future in zip(items, futures):
+                    try:
+                        out.append(pickle.loads(future.result()))
+                    except BrokenProcessPool as e:
+                        raise RuntimeError(f"the worker process of {what} {item!r} died (out of memory?); "
+                                           f"runtime.workers: 1 runs the {what}s one by one in this process") from e
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the jobs not started yet are dropped
+                raise
+            return out
+    finally:
+        _TASK = None
 
 
 class Interrupted(SystemExit):

@@ -31,9 +31,16 @@ def test_stage_main_writes_the_blend_bundle_and_metrics(tiny_prepared_dir: Path,
     params["blend"].update(in_dir=str(tiny_prepared_dir), bundle=str(tmp_path / "blend"),
                            metrics=str(tmp_path / "blend.json"), step=0.25,
                            bundles=[str(tmp_path / "bundles"), str(tmp_path / "absent")])
+    params["runtime"]["workers"] = 2  # one domain per worker process
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     assert blend.main(["--params", str(path)]) == 0
+    # The same figures and served weights as one process fitting the domains one after the other.
+    params["runtime"]["workers"] = 1
+    params["blend"].update(bundle=str(tmp_path / "blend-1"), metrics=str(tmp_path / "blend-1.json"))
+    (tmp_path / "params-1.yaml").write_text(yaml.safe_dump(params))
+    assert blend.main(["--params", str(tmp_path / "params-1.yaml")]) == 0
+    assert (tmp_path / "blend-1.json").read_text() == (tmp_path / "blend.json").read_text()
     metrics = json.loads((tmp_path / "blend.json").read_text())
     assert set(metrics) == set(DOMAINS)
     for d in DOMAINS:

@@ -179,3 +179,22 @@ def test_a_target_the_pretraining_never_saw_is_fine_tuned_from_its_text(project:
     want, _ = finetune_target(source, items, data, cfg, ProtocolParams(), progress=False)
     for run in ("zero_shot", "efficient@1"):
         assert got[run]["test"]["ndcg@20"] == pytest.approx(want[run]["test"]["ndcg@20"], abs=1e-6), run
+
+
+def test_runs_in_worker_processes_give_what_one_process_gives(parts):
+    """Each mode and fraction is seeded on its own: fitted two at a time in forked workers, the figures and the
+    saved model are those of the runs one after the other in this process."""
+    source, items, data = parts
+    cfg = FinetuneParams(domains=(TARGET,), fractions=(0.5, 1.0),
+                         train=TrainParams(epochs=1, examples_per_user=5, negatives=64, batch_size=128, valid_users=0))
+    one, model_one = finetune_target(source, items, data, cfg, ProtocolParams(), progress=False, workers=1)
+    two, model_two = finetune_target(source, items, data, cfg, ProtocolParams(), progress=False, workers=2)
+    assert list(two) == list(one) == ["zero_shot"] + [f"{m}@{f:g}" for m in ("efficient", "full", "scratch")
+                                                       for f in (0.5, 1.0)]
+    for run in one:
+        assert {k: v for k, v in two[run].items() if not k.endswith("_s")} == \
+            {k: v for k, v in one[run].items() if not k.endswith("_s")}, run
+    state_one, state_two = model_one.state_dict(), model_two.state_dict()
+    assert list(state_one) == list(state_two)
+    for name, tensor in state_one.items():
+        assert torch.equal(tensor, state_two[name]), name

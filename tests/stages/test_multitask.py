@@ -202,6 +202,25 @@ def test_bad_variant_names_are_refused(pretrained: Path):
         train_variants(items, datas, MultitaskParams(variants=("mean_st",)), ProtocolParams(), progress=False)
 
 
+def test_variants_in_worker_processes_give_what_one_process_gives(pretrained: Path):
+    prepared = load_prepared(pretrained / "validated")
+    datas = {d: domain_data(prepared, d) for d in ("amazon-office", "ml-100k")}
+    items = assembly.load_pretrained(pretrained / "pretrain", pretrained / "graph")
+    cfg = MultitaskParams(variants=("mean_st", "attention_mt", "mean_mt"), save_variant="attention_mt",
+                          train=TrainParams(epochs=1, examples_per_user=5, negatives=32, batch_size=128,
+                                            valid_users=0))
+    model_one, one, explained_one = train_variants(items, datas, cfg, ProtocolParams(), progress=False, workers=1)
+    model_two, two, explained_two = train_variants(items, datas, cfg, ProtocolParams(), progress=False, workers=2)
+    def strip(metrics: dict) -> dict:  # timings aside
+        return {d: {v: {k: x for k, x in r.items() if not k.endswith("_s")} for v, r in variants.items()}
+                for d, variants in metrics.items()}
+
+    assert strip(two) == strip(one) and list(two["ml-100k"]) == list(cfg.variants)
+    assert explained_two == explained_one
+    for name, tensor in model_one.state_dict().items():
+        assert torch.equal(tensor, model_two.state_dict()[name]), name
+
+
 def test_serving_bundle_scores_and_explains_like_the_model(stage_run: Path):
     """The exported bundle, served in-process, reproduces the model's test-time scores and attention exactly."""
     from m6rec.serving.bundle_io import load_bundle

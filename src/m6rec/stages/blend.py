@@ -23,6 +23,7 @@ from m6rec.evaluation.protocol import evaluate_split
 from m6rec.model_params import BlendParams
 from m6rec.models.blend import CandidateScores, blend_domain, blend_score_fn, fit_blend
 from m6rec.runtime import configure as configure_runtime
+from m6rec.runtime import map_tasks, task_seed, worker_count
 from m6rec.serving.bundle import META_FILE
 from m6rec.serving.bundle_io import export_bundle, load_bundle
 from m6rec.serving.export import bundle_meta, raw_user_ids
@@ -69,32 +70,40 @@ def main(argv: list[str] | None = None) -> int:
     metrics: dict[str, dict] = {}
     served = {}
     resolved = {"blend": asdict(cfg), "protocol": asdict(protocol)}
+
+    datas = {d: domain_data(prepared, d) for d in domains}
+
+    def blend_one(d: str) -> tuple[dict, object]:
+        """One domain's fit, figures and served bundle (in a worker process when runtime.workers allows)."""
+        data, raw = datas[d], raw_user_ids(prepared, d)
+        # Dot-product bundles carry user vectors folded in from train + valid (what the service serves), so
+        # their validation scores would see the validation items: the weights are fitted on validation, so
+        # only kinds scored from the split's own input (item-item, graph filter, popularity, history) enter.
+        cands = {n: CandidateScores(b.domains[d], data, raw) for n, b in bundles.items()
+                 if d in b.domains and b.domains[d].kind != "dot"}
+        if not cands:
+            raise KeyError(f"blend domain {d!r}: no candidate bundle has it")
+        fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch, cfg.folds, cfg.min_z,
+                        cfg.seed)
+        res = {n: {"valid": fit.candidate_results[n], "test": evaluate_split(c.score_fn("test"), data, "test", ks,
+                                                                            batch)}
+               for n, c in cands.items()}
+        res["blend"] = {s: evaluate_split(blend_score_fn(cands, fit, s), data, s, ks, batch)
+                        for s in ("valid", "test")}
+        res["blend"]["weights"] = dict(zip(fit.names, fit.weights))
+        res["blend"]["fit"] = {"mixture": dict(zip(fit.chosen, fit.mixture)), "accepted": fit.accepted,
+                               "mixture_valid": fit.mixture_valid, "z": fit.z, "fold_gains": fit.fold_gains}
+        best = max((n for n in cands), key=lambda n: res[n]["test"].get(cfg.metric, 0.0))
+        log.info("%s blend test %s %.4f; best single %s %.4f", d, cfg.metric,
+                 res["blend"]["test"].get(cfg.metric, 0.0), best, res[best]["test"].get(cfg.metric, 0.0))
+        return res, blend_domain(cands, fit)
+
+    order = sorted(domains, key=lambda d: -datas[d].n_users * datas[d].n_items)  # the largest first
     with tracking.start_run("blend", resolved, settings=tracking_settings(params), data_paths=[cfg.in_dir]):
+        done = dict(zip(order, map_tasks(blend_one, order, worker_count(params, len(order)), task_seed(params),
+                                         what="domain")))
         for d in domains:
-            data = domain_data(prepared, d)
-            raw = raw_user_ids(prepared, d)
-            # Dot-product bundles carry user vectors folded in from train + valid (what the service serves), so
-            # their validation scores would see the validation items: the weights are fitted on validation, so
-            # only kinds scored from the split's own input (item-item, graph filter, popularity, history) enter.
-            cands = {n: CandidateScores(b.domains[d], data, raw) for n, b in bundles.items()
-                     if d in b.domains and b.domains[d].kind != "dot"}
-            if not cands:
-                raise KeyError(f"blend domain {d!r}: no candidate bundle has it")
-            fit = fit_blend(cands, data, cfg.metric, cfg.max_components, cfg.step, ks, batch, cfg.folds, cfg.min_z,
-                            cfg.seed)
-            metrics[d] = {n: {"valid": fit.candidate_results[n], "test": evaluate_split(c.score_fn("test"), data,
-                                                                                        "test", ks, batch)}
-                          for n, c in cands.items()}
-            metrics[d]["blend"] = {s: evaluate_split(blend_score_fn(cands, fit, s), data, s, ks, batch)
-                                   for s in ("valid", "test")}
-            metrics[d]["blend"]["weights"] = dict(zip(fit.names, fit.weights))
-            metrics[d]["blend"]["fit"] = {"mixture": dict(zip(fit.chosen, fit.mixture)), "accepted": fit.accepted,
-                                          "mixture_valid": fit.mixture_valid, "z": fit.z, "fold_gains": fit.fold_gains}
-            served[d] = blend_domain(cands, fit)
-            best = max((n for n in cands), key=lambda n: metrics[d][n]["test"].get(cfg.metric, 0.0))
-            log.info("%s blend test %s %.4f; best single %s %.4f", d, cfg.metric,
-                     metrics[d]["blend"]["test"].get(cfg.metric, 0.0), best,
-                     metrics[d][best]["test"].get(cfg.metric, 0.0))
+            metrics[d], served[d] = done.pop(d)
         write_metrics(cfg.metrics, metrics)
         tracking.log_metrics({d: {"blend": {s: metrics[d]["blend"][s] for s in ("valid", "test")}}
                               for d in metrics})

@@ -41,6 +41,7 @@ from m6rec.config import ConfigError, ProtocolParams, section
 from m6rec.data.dataset import domain_data, load_prepared
 from m6rec.model_params import FinetuneParams
 from m6rec.runtime import configure as configure_runtime
+from m6rec.runtime import worker_count
 from m6rec.serving.bundle_io import export_bundle, read_meta
 from m6rec.serving.export import bundle_meta, domain_bundle, merge_bundles, raw_user_ids
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         for domain, data in datas.items():
             if cfg.target_items == "pretrained" and domain not in items.source_domains:
                 log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
-            metrics[domain], model = finetune_target(source, items, data, cfg, protocol)
+            n_runs = sum(1 if m == "zero_shot" else len(cfg.fractions) for m in cfg.modes)
+            metrics[domain], model = finetune_target(source, items, data, cfg, protocol,
+                                                     workers=worker_count(params, n_runs))
             if model is None:
                 continue
             targets[domain] = (domain_bundle(model.export(domain), data, raw_user_ids(prepared, domain)),

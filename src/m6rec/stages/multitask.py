@@ -25,6 +25,7 @@ from m6rec.data.splits import ordered_domains
 from m6rec.evaluation.explain import explanations_markdown
 from m6rec.model_params import MultitaskParams
 from m6rec.runtime import configure as configure_runtime
+from m6rec.runtime import worker_count
 from m6rec.serving.export import bundle_meta, export_model
 from m6rec.stage_io import stage_params, tracking_settings, write_json, write_metrics, write_text
 from m6rec.training.assembly import CHECKPOINT, load_pretrained
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     resolved = {"multitask": asdict(cfg), "protocol": asdict(protocol)}
     with tracking.start_run("multitask", resolved, settings=tracking_settings(params),
                             data_paths=[cfg.in_dir, cfg.pretrain_dir]):
-        model, metrics, explanations = train_variants(items, datas, cfg, protocol, ordered=ordered)
+        model, metrics, explanations = train_variants(items, datas, cfg, protocol, ordered=ordered,
+                                                       workers=worker_count(params, len(cfg.variants)))
         out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,
                               meta={"domains": domains, "variant": cfg.save_variant, "encoder": items.encoder,
                                     "ordered": ordered, "pretrain_source_domains": list(items.source_domains)})

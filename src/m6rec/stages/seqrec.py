@@ -32,6 +32,7 @@ from m6rec.evaluation.protocol import evaluate_domain
 from m6rec.model_params import SeqRecParams
 from m6rec.models.textsim import domain_text_vectors
 from m6rec.runtime import configure as configure_runtime
+from m6rec.runtime import map_tasks, task_seed, worker_count
 from m6rec.serving.bundle_io import export_bundle
 from m6rec.serving.export import bundle_meta, domain_bundle, raw_user_ids
 from m6rec.stage_io import stage_params, tracking_settings, write_metrics
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                             meta={**record, "encoder": emb_meta.get("encoder")})
         for row in record["valid"]:
             tracking.log_epoch({"valid_metric": row[1]}, step=row[0])
-        metrics: dict[str, dict] = {}
-        bundles = {}
-        for d, data in datas.items():
+
+        def serve_one(d: str) -> tuple[dict, dict]:
+            """One domain's served model, figures and bundle (in a worker process when runtime.workers allows)."""
+            data = datas[d]
             if d in sources:
                 served, info = model, {"mode": "source", "mix": {**model.mix, "text_tau": None}}
             else:
@@ -99,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:
                                             cfg.finetune_mode if d in ft_targets else None, ordered=ordered[d])
             res = evaluate_domain(served, data, protocol, ("valid", "test", "cold"))
             role = "source" if d in sources else "finetune" if d in ft_targets else "zero_shot"
-            metrics[d] = {"seqrec": {**res, "mode": info["mode"], "role": role, "mix": info["mix"]}}
             log.info("%s seqrec (%s) test ndcg@10 %.4f ndcg@20 %.4f", d, info["mode"], res["test"]["ndcg@10"],
                      res["test"]["ndcg@20"])
             served.set_histories(d, split_histories(data, served.history_len)["test"])
-            bundles[d] = domain_bundle(served.export(d), data, raw_user_ids(prepared, d))
+            bundle = domain_bundle(served.export(d), data, raw_user_ids(prepared, d))
+            return {"seqrec": {**res, "mode": info["mode"], "role": role, "mix": info["mix"]}}, bundle
+
+        # the longest first: fine-tuning targets (they train), then by size
+        order = sorted(datas, key=lambda d: (d not in ft_targets or d in sources, -datas[d].n_users * datas[d].n_items))
+        done = dict(zip(order, map_tasks(serve_one, order, worker_count(params, len(order)), task_seed(params),
+                                         what="domain")))
+        metrics: dict[str, dict] = {}
+        bundles = {}
+        for d in datas:
+            metrics[d], bundles[d] = done.pop(d)
         write_metrics(cfg.metrics, metrics)
         meta = bundle_meta("seqrec", "seqrec", {d: m["seqrec"] for d, m in metrics.items()},
                            tracking.data_version(paths=[cfg.in_dir]), encoder=emb_meta.get("encoder"),
