@@ -52,7 +52,7 @@ def test_map_tasks_gives_the_same_results_for_any_number_of_workers(restore_torc
     two = map_tasks(_noisy_sum, items, workers=2, seed=7)
     assert [r[:2] for r in one] == [r[:2] for r in two]  # in order, and each job from the same global seed
     assert {r[2] for r in one} == {os.getpid()}
-    assert os.getpid() not in {r[2] for r in two} and len({r[2] for r in two}) == 2
+    assert os.getpid() not in {r[2] for r in two}  # in worker processes (how many of them is the pool's choice)
     torch.manual_seed(7)
     assert one[0][1] == float(torch.rand(5).sum())
 
