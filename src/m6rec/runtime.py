@@ -76,21 +76,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def task_seed(params: dict[str, Any]) -> int | None:
-    """The global seed each :func:`map_tasks` job starts from: `runtime.seed` in deterministic mode, else None."""
+def _section(params: dict[str, Any]):
     from m6rec.config import RuntimeParams, build
 
-    cfg = build(RuntimeParams, params.get("runtime"), "section 'runtime'")
+    return build(RuntimeParams, params.get("runtime"), "section 'runtime'")
+
+
+def task_seed(params: dict[str, Any]) -> int | None:
+    """The global seed each :func:`map_tasks` job starts from: `runtime.seed` in deterministic mode, else None."""
+    cfg = _section(params)
     return cfg.seed if cfg.deterministic else None
 
 
-def worker_count(params: dict[str, Any], tasks: int) -> int:
-    """Processes for `tasks` independent per-domain jobs: `runtime.workers` (0: one per usable core), at most one
-    per task."""
-    from m6rec.config import RuntimeParams, build
-
-    cfg = build(RuntimeParams, params.get("runtime"), "section 'runtime'")
-    return max(1, min(cfg.workers or usable_cores(), tasks))
+def worker_count(params: dict[str, Any]) -> int:
+    """Processes for a stage's independent jobs: `runtime.workers`, 0 meaning one per usable core
+    (:func:`map_tasks` never starts more than it has jobs)."""
+    return _section(params).workers or usable_cores()
 
 
 _TASK: Callable[[Any], Any] | None = None  # map_tasks' function, inherited by its forked workers
@@ -142,7 +143,8 @@ def map_tasks(fn: Callable[[T], R], items: Sequence[T], workers: int, seed: int 
     """
     global _TASK
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    workers = min(workers, len(items))
+    if workers <= 1:
         out = []
         for item in items:
             _reseed(seed)

@@ -211,6 +211,7 @@ def test_variants_in_worker_processes_give_what_one_process_gives(pretrained: Pa
                                             valid_users=0))
     model_one, one, explained_one = train_variants(items, datas, cfg, ProtocolParams(), progress=False, workers=1)
     model_two, two, explained_two = train_variants(items, datas, cfg, ProtocolParams(), progress=False, workers=2)
+
     def strip(metrics: dict) -> dict:  # timings aside
         return {d: {v: {k: x for k, x in r.items() if not k.endswith("_s")} for v, r in variants.items()}
                 for d, variants in metrics.items()}

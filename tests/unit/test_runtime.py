@@ -55,6 +55,8 @@ def test_map_tasks_gives_the_same_results_for_any_number_of_workers(restore_torc
     assert os.getpid() not in {r[2] for r in two}  # in worker processes (how many of them is the pool's choice)
     torch.manual_seed(7)
     assert one[0][1] == float(torch.rand(5).sum())
+    # never more workers than jobs: a single job runs here, whatever the setting
+    assert map_tasks(_noisy_sum, [5], workers=8, seed=7)[0] == (5, one[0][1], os.getpid())
 
 
 def test_map_tasks_uses_what_the_function_closes_over_without_pickling_it():
@@ -87,11 +89,10 @@ def test_map_tasks_raises_a_jobs_error_and_names_a_dead_worker():
         map_tasks(_dies_on_three, [1, 3, 2], workers=2, what="domain")
 
 
-def test_worker_count_follows_the_setting_and_the_tasks():
-    assert worker_count({"runtime": {"workers": 3}}, tasks=10) == 3
-    assert worker_count({"runtime": {"workers": 3}}, tasks=2) == 2
-    assert worker_count({"runtime": {"workers": 0}}, tasks=64) == usable_cores()
+def test_worker_count_follows_the_setting():
+    assert worker_count({"runtime": {"workers": 3}}) == 3
+    assert worker_count({"runtime": {"workers": 0}}) == usable_cores()
     assert task_seed({"runtime": {"deterministic": True, "seed": 5}}) == 5
     assert task_seed({"runtime": {"deterministic": False}}) is None
     with pytest.raises(ConfigError, match="runtime.workers"):
-        worker_count({"runtime": {"workers": -1}}, tasks=2)
+        worker_count({"runtime": {"workers": -1}})

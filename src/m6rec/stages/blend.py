@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     order = sorted(domains, key=lambda d: -datas[d].n_users * datas[d].n_items)  # the largest first
     with tracking.start_run("blend", resolved, settings=tracking_settings(params), data_paths=[cfg.in_dir]):
-        done = dict(zip(order, map_tasks(blend_one, order, worker_count(params, len(order)), task_seed(params),
-                                         what="domain")))
+        done = dict(zip(order, map_tasks(blend_one, order, worker_count(params), task_seed(params), what="domain")))
         for d in domains:
             metrics[d], served[d] = done.pop(d)
         write_metrics(cfg.metrics, metrics)

@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for domain, data in datas.items():
             if cfg.target_items == "pretrained" and domain not in items.source_domains:
                 log.warning("%s was not a pretraining domain: its 'pretrained' item vectors are untrained", domain)
-            n_runs = sum(1 if m == "zero_shot" else len(cfg.fractions) for m in cfg.modes)
             metrics[domain], model = finetune_target(source, items, data, cfg, protocol,
-                                                     workers=worker_count(params, n_runs))
+                                                     workers=worker_count(params))
             if model is None:
                 continue
             targets[domain] = (domain_bundle(model.export(domain), data, raw_user_ids(prepared, domain)),

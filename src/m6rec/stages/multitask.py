@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.start_run("multitask", resolved, settings=tracking_settings(params),
                             data_paths=[cfg.in_dir, cfg.pretrain_dir]):
         model, metrics, explanations = train_variants(items, datas, cfg, protocol, ordered=ordered,
-                                                       workers=worker_count(params, len(cfg.variants)))
+                                                       workers=worker_count(params))
         out = save_checkpoint(Path(cfg.out_dir) / CHECKPOINT, model, args=model.config(), params=resolved,
                               meta={"domains": domains, "variant": cfg.save_variant, "encoder": items.encoder,
                                     "ordered": ordered, "pretrain_source_domains": list(items.source_domains)})

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             return {"seqrec": {**res, "mode": info["mode"], "role": role, "mix": info["mix"]}}, bundle
 
         # the longest first: fine-tuning targets (they train), then by size
-        order = sorted(datas, key=lambda d: (d not in ft_targets or d in sources, -datas[d].n_users * datas[d].n_items))
-        done = dict(zip(order, map_tasks(serve_one, order, worker_count(params, len(order)), task_seed(params),
-                                         what="domain")))
+        order = sorted(datas, key=lambda d: (d not in ft_targets or d in sources,
+                                             -datas[d].n_users * datas[d].n_items))
+        done = dict(zip(order, map_tasks(serve_one, order, worker_count(params), task_seed(params), what="domain")))
         metrics: dict[str, dict] = {}
         bundles = {}
         for d in datas:
