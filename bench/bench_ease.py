@@ -3,8 +3,10 @@ formula it replaced, step by step, on one thread (as the pipeline runs it).
 
 Reference: ``spotrf`` on a C-ordered copy of G + λI (f2py copies it to Fortran order), ``spotri``, then
 ``P = tril(P) + tril(P, -1)ᵀ`` and ``B = -P / diag(P)``. Shipped: ``spotrf`` on the transposed view (the same
-symmetric matrix, already in Fortran order: no copy), ``spotri``, then ``P += Pᵀ`` in place with the diagonal put
-back. The script checks that both give bitwise the same B and prints the time of each part.
+symmetric matrix, already in Fortran order: no copy), ``spotri``, then, on the C-ordered transpose of the result,
+its upper triangle mirrored into the lower one a block of rows at a time and the columns scaled in place (no
+full-size temporary, no transposing copy to C order). The script checks that both give bitwise the same B and
+prints the time of each part.
 
     PYTHONPATH=src python bench/bench_ease.py --data data/validated --domain lastfm-hetrec2011 --repeats 2
 

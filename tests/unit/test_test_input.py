@@ -96,6 +96,28 @@ def test_ridge_fold_in_by_hand():
     np.testing.assert_allclose(p0[0].numpy(), np.linalg.solve(g, [1.0, 0.0]), rtol=1e-5)
 
 
+def test_ridge_fold_in_is_bitwise_the_per_interaction_sum(data):
+    """Each user's Gram matrix is base + q_i q_iᵀ added one interaction at a time in the row's stored order (the
+    form the sparse product replaced), across batches, with an empty row and unsorted column indices."""
+    rows = input_rows(data, "test").tocsr()
+    rows = sp.vstack([rows, sp.csr_matrix((1, rows.shape[1]), dtype=rows.dtype)]).tocsr()
+    for r in range(0, rows.shape[0] - 1, 3):  # reverse some rows' stored order
+        a, b = rows.indptr[r], rows.indptr[r + 1]
+        rows.indices[a:b] = rows.indices[a:b][::-1].copy()
+    rows.has_sorted_indices = False
+    q = torch.from_numpy(np.random.default_rng(1).standard_normal((rows.shape[1], 8)))  # float64 out: every bit
+    base = 0.01 * (q.T @ q) + 10.0 * torch.eye(8, dtype=torch.float64)
+    want = []
+    for u in range(rows.shape[0]):
+        gram, rhs = base.clone(), torch.zeros(8, dtype=torch.float64)
+        for i in rows.indices[rows.indptr[u]:rows.indptr[u + 1]]:
+            gram += torch.outer(q[i], q[i])
+            rhs += q[i]
+        want.append(torch.linalg.solve(gram, rhs))
+    got = ridge_fold_in(rows, q, reg=10.0, w0=0.01, batch=16)
+    assert got.dtype == torch.float64 and torch.equal(got, torch.stack(want))
+
+
 def test_bprmf_fold_in_uses_the_valid_items(data):
     torch.manual_seed(0)
     model = BPRMF(data.n_users, data.n_items, dim=8)

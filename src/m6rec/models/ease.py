@@ -34,6 +34,17 @@ from m6rec.models.base import ItemItemExport, SingleDomain
 log = logging.getLogger(__name__)
 
 
+def symmetrise_upper(a: np.ndarray, block: int = 1024) -> None:
+    """Copy the strict upper triangle of the square C-ordered ``a`` onto its strict lower one, in place."""
+    n = a.shape[0]
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        a[r0:r1, :r0] = a[:r0, r0:r1].T
+        square = a[r0:r1, r0:r1]
+        lower = np.tril_indices(r1 - r0, -1)
+        square[lower] = square.T[lower]
+
+
 class EASE(SingleDomain):
     name = "ease"
 
@@ -76,14 +87,16 @@ class EASE(SingleDomain):
         p, info = lapack.spotri(c, lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: inverse of G + {self.lam} I failed (info {info})")
-        # spotri fills the lower triangle; `clean` left the upper one 0, so P = L + Lᵀ with the diagonal put back,
-        # in place (bitwise the same as tril(P) + tril(P, -1)ᵀ, 3x faster: bench/bench_ease.py)
+        # spotri filled the lower triangle of the Fortran-ordered p, i.e. the upper triangle of its C-ordered
+        # transpose; mirroring that into the lower one, a block of rows at a time, makes the symmetric P in C order
+        # with no full-size temporary or transposing copy (bitwise the same as tril(P) + tril(P, -1)ᵀ:
+        # bench/bench_ease.py)
+        p = p.T
+        symmetrise_upper(p)
         diag = np.diag(p).copy()
-        p += p.T
-        p[np.diag_indices_from(p)] = diag
         p /= -diag[None, :]
         p[np.diag_indices_from(p)] = 0.0
-        self.B = np.ascontiguousarray(p, dtype=np.float32)
+        self.B = p
         self.train = train.astype(np.float32).tocsr()
         return self
 
