@@ -48,9 +48,9 @@ def ridge_fold_in(rows: sp.spmatrix, items: torch.Tensor, reg: float = 1.0, w0: 
     Each user's Gram matrix is ``base + Σ_i q_i q_iᵀ`` over their items, summed in the row's stored order: one
     sparse product of the batch's rows (with a leading column for ``base``) and the flattened outer products
     ``q_i q_iᵀ`` of the items the batch touches, so memory is (items in the batch) x d², not (interactions) x d².
-    Bitwise the same as accumulating the outer products one interaction at a time (the form it replaced), and
-    faster: lastfm, d=64, one thread, median 4.5 s -> 2.2 s, x8 with the first call's page faults
-    (bench/bench_fold_in.py, bench/results/fold_in.json).
+    Bitwise the same as accumulating the outer products one interaction at a time (the form it replaced). On
+    lastfm (d=64, one thread) 1.38 -> 0.49 s median per call and 1.9 -> 1.1 GiB peak RSS; the first call pays
+    ~2 s of page faults for the buffer (bench/bench_fold_in.py, bench/results/fold_in.json).
     """
     rows = binary_rows(rows)
     if rows.shape[1] != items.shape[0]:
@@ -59,24 +59,21 @@ def ridge_fold_in(rows: sp.spmatrix, items: torch.Tensor, reg: float = 1.0, w0: 
     d = q.shape[1]
     base = w0 * (q.T @ q) + reg * torch.eye(d, dtype=torch.float64)
     qn = q.numpy()
+    buf = np.empty((0, d * d))  # reused across batches: fresh pages of this size cost more than the products
     out = []
     for s in range(0, rows.shape[0], batch):
         block = rows[s:s + batch]
         n = block.shape[0]
         cols, local = np.unique(block.indices, return_inverse=True)
         # outer products of the touched items, after `base` as row 0; the rows' entries in their stored order
-        outer = np.empty((len(cols) + 1, d * d), dtype=np.float64)
+        if len(buf) < len(cols) + 1:
+            buf = np.empty((len(cols) + 1, d * d))
+        outer = buf[:len(cols) + 1]
         outer[0] = base.numpy().ravel()
-        outer[1:] = (qn[cols, :, None] * qn[cols, None, :]).reshape(len(cols), d * d)
-        counts = np.diff(block.indptr)
-        indptr = np.concatenate([[0], np.cumsum(counts + 1)])
-        indices = np.empty(indptr[-1], dtype=np.int64)
-        first = indptr[:-1]
-        indices[first] = 0
-        keep = np.ones(indptr[-1], dtype=bool)
-        keep[first] = False
-        indices[keep] = local.ravel() + 1
-        select = sp.csr_matrix((np.ones(indptr[-1], dtype=np.float64), indices, indptr), shape=(n, len(cols) + 1))
+        np.multiply(qn[cols, :, None], qn[cols, None, :], out=outer[1:].reshape(len(cols), d, d))
+        indices = np.insert(local.ravel() + 1, block.indptr[:-1], 0)  # column 0 (base) opens every row
+        select = sp.csr_matrix((np.ones(len(indices)), indices, block.indptr + np.arange(n + 1)),
+                               shape=(n, len(cols) + 1))
         gram = torch.from_numpy(np.asarray(select @ outer)).reshape(n, d, d)
         coo = block.tocoo()
         rhs = torch.zeros(n, d, dtype=torch.float64).index_add_(
